@@ -1,0 +1,437 @@
+// Package amqp owns the process's one RabbitMQ connection. It reconnects by itself with backoff,
+// re-declares the registered topology (exchanges, queues, bindings) on every new connection, resumes
+// consumers, and publishes through a pool of confirm-mode channels so a publish returns only once the
+// broker has taken the message. Channels are never shared between goroutines without a lock.
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Re-exported so users of this package need not import amqp091 for the common types.
+type (
+	Channel    = amqp.Channel
+	Delivery   = amqp.Delivery
+	Publishing = amqp.Publishing
+	Table      = amqp.Table
+)
+
+// Delivery modes.
+const (
+	Transient  = amqp.Transient
+	Persistent = amqp.Persistent
+)
+
+var (
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("amqp: connection closed")
+	// ErrUnroutable is returned by a mandatory publish that no queue took.
+	ErrUnroutable = errors.New("amqp: message unroutable")
+	// ErrNacked is returned when the broker refused a message.
+	ErrNacked = errors.New("amqp: message nacked by broker")
+)
+
+// Topology declares exchanges, queues and bindings on ch. It runs on every (re)connection.
+type Topology func(ch *Channel) error
+
+// Conn is a self-healing connection.
+type Conn struct {
+	url string
+	log *slog.Logger
+
+	mu       sync.Mutex
+	conn     *amqp.Connection
+	ready    chan struct{} // closed while conn is usable
+	topology []Topology
+	pool     chan *pubChannel
+	closed   bool
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Dial connects to url, retrying with backoff until ctx ends, and keeps the connection up until
+// Close.
+func Dial(ctx context.Context, url string, log *slog.Logger) (*Conn, error) {
+	c := &Conn{url: url, log: log, ready: make(chan struct{}), pool: make(chan *pubChannel, 32), done: make(chan struct{})}
+	conn, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.conn = conn
+	close(c.ready)
+	c.mu.Unlock()
+	c.wg.Add(1)
+	go c.supervise(conn)
+	return c, nil
+}
+
+func backoff(attempt int) time.Duration {
+	d := 100 * time.Millisecond << min(attempt, 6) // 100 ms … 6.4 s
+	d = min(d, 5*time.Second)
+	return d/2 + rand.N(d/2+1)
+}
+
+// connect dials until it succeeds, ctx ends or Close is called, and declares the topology.
+func (c *Conn) connect(ctx context.Context) (*amqp.Connection, error) {
+	for attempt := 0; ; attempt++ {
+		conn, err := amqp.DialConfig(c.url, amqp.Config{Heartbeat: 10 * time.Second, Locale: "en_US",
+			Properties: amqp.Table{"connection_name": "voipbin"}})
+		if err == nil {
+			if err = c.declareAll(conn); err == nil {
+				return conn, nil
+			}
+			_ = conn.Close()
+		}
+		c.log.Warn("rabbitmq connect failed, retrying", "attempt", attempt+1, "error", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect rabbitmq: %w (last error: %v)", ctx.Err(), err)
+		case <-c.done:
+			return nil, ErrClosed
+		case <-time.After(backoff(attempt)):
+		}
+	}
+}
+
+func (c *Conn) declareAll(conn *amqp.Connection) error {
+	c.mu.Lock()
+	topo := append([]Topology(nil), c.topology...)
+	c.mu.Unlock()
+	if len(topo) == 0 {
+		return nil
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	for _, t := range topo {
+		if err := t(ch); err != nil {
+			return fmt.Errorf("declare topology: %w", err)
+		}
+	}
+	return nil
+}
+
+func (c *Conn) supervise(conn *amqp.Connection) {
+	defer c.wg.Done()
+	for {
+		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		select {
+		case <-c.done:
+			return
+		case err := <-closed:
+			c.log.Warn("rabbitmq connection lost, reconnecting", "error", err)
+		}
+		c.mu.Lock()
+		c.conn = nil
+		c.ready = make(chan struct{})
+		c.mu.Unlock()
+		c.drainPool()
+		var err error
+		conn, err = c.connect(context.Background())
+		if err != nil { // only ErrClosed ends connect without a connection
+			return
+		}
+		c.mu.Lock()
+		c.conn = conn
+		close(c.ready)
+		c.mu.Unlock()
+		c.log.Info("rabbitmq reconnected")
+	}
+}
+
+// Declare runs t now and again after every reconnection.
+func (c *Conn) Declare(ctx context.Context, t Topology) error {
+	c.mu.Lock()
+	c.topology = append(c.topology, t)
+	c.mu.Unlock()
+	ch, err := c.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	return t(ch)
+}
+
+// current waits until the connection is usable.
+func (c *Conn) current(ctx context.Context) (*amqp.Connection, error) {
+	for {
+		c.mu.Lock()
+		conn, ready, closed := c.conn, c.ready, c.closed
+		c.mu.Unlock()
+		if closed {
+			return nil, ErrClosed
+		}
+		if conn != nil && !conn.IsClosed() {
+			return conn, nil
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("rabbitmq unavailable: %w", ctx.Err())
+		case <-c.done:
+			return nil, ErrClosed
+		case <-time.After(50 * time.Millisecond): // conn closed but supervisor not yet noticed
+		}
+	}
+}
+
+// Channel opens a new channel on the current connection, waiting for a reconnection if needed.
+// The caller owns it and must not share it between goroutines without a lock.
+func (c *Conn) Channel(ctx context.Context) (*Channel, error) {
+	conn, err := c.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return conn.Channel()
+}
+
+// Check reports whether the connection is up, for /readyz.
+func (c *Conn) Check(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil || c.conn.IsClosed() {
+		return errors.New("rabbitmq disconnected")
+	}
+	return nil
+}
+
+// Close stops reconnecting and closes the connection.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	conn := c.conn
+	close(c.done)
+	c.mu.Unlock()
+	c.drainPool()
+	var err error
+	if conn != nil {
+		err = conn.Close()
+	}
+	c.wg.Wait()
+	return err
+}
+
+type pubChannel struct {
+	ch      *amqp.Channel
+	returns chan amqp.Return
+}
+
+func (c *Conn) drainPool() {
+	for {
+		select {
+		case p := <-c.pool:
+			_ = p.ch.Close()
+		default:
+			return
+		}
+	}
+}
+
+func (c *Conn) getPub(ctx context.Context) (*pubChannel, error) {
+	for {
+		select {
+		case p := <-c.pool:
+			if !p.ch.IsClosed() {
+				return p, nil
+			}
+			continue
+		default:
+		}
+		ch, err := c.Channel(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if err := ch.Confirm(false); err != nil {
+			_ = ch.Close()
+			return nil, err
+		}
+		return &pubChannel{ch: ch, returns: ch.NotifyReturn(make(chan amqp.Return, 16))}, nil
+	}
+}
+
+func (c *Conn) putPub(p *pubChannel) {
+	if p.ch.IsClosed() {
+		return
+	}
+	select {
+	case c.pool <- p:
+	default:
+		_ = p.ch.Close()
+	}
+}
+
+// PublishOptions tune one publish.
+type PublishOptions struct {
+	// Mandatory makes a message that no queue takes fail with ErrUnroutable.
+	Mandatory bool
+	// NoConfirm returns as soon as the message is written, without waiting for the broker's confirm.
+	NoConfirm bool
+}
+
+// Publish sends msg and, unless opts.NoConfirm, waits for the broker's confirm. If the connection
+// is down it waits for the reconnection until ctx ends.
+func (c *Conn) Publish(ctx context.Context, exchange, key string, msg Publishing, opts PublishOptions) error {
+	p, err := c.getPub(ctx)
+	if err != nil {
+		return err
+	}
+	for drained := false; !drained; { // returns left by an earlier, abandoned publish
+		select {
+		case <-p.returns:
+		default:
+			drained = true
+		}
+	}
+	dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, opts.Mandatory, false, msg)
+	if err != nil {
+		_ = p.ch.Close()
+		return fmt.Errorf("publish to %q/%q: %w", exchange, key, err)
+	}
+	if opts.NoConfirm {
+		c.putPub(p)
+		return nil
+	}
+	ok, err := dc.WaitContext(ctx)
+	if err != nil {
+		_ = p.ch.Close() // a confirm may still arrive; don't reuse the channel
+		return fmt.Errorf("publish to %q/%q: waiting for confirm: %w", exchange, key, err)
+	}
+	defer c.putPub(p)
+	if !ok {
+		return ErrNacked
+	}
+	if opts.Mandatory {
+		// The broker sends basic.return before the ack of an unroutable mandatory message, and the
+		// client dispatches both from one reader goroutine, so a return is already buffered here.
+		select {
+		case r := <-p.returns:
+			if r.MessageId == msg.MessageId {
+				return fmt.Errorf("publish to %q/%q: %w", exchange, key, ErrUnroutable)
+			}
+		default:
+		}
+	}
+	return nil
+}
+
+// ConsumeSpec says what to consume and how.
+type ConsumeSpec struct {
+	// Setup declares what the consumer needs and returns the queue to consume (which may be a
+	// server-named one). It runs on every (re)connection.
+	Setup func(ch *Channel) (queue string, err error)
+	// Prefetch bounds unacked deliveries (default Workers*2).
+	Prefetch int
+	// Workers is the number of goroutines calling the handler (default 1: in order).
+	Workers int
+	// AutoAck consumes without acknowledgements.
+	AutoAck bool
+	// Exclusive makes this the queue's only consumer.
+	Exclusive bool
+}
+
+// Consume runs handle for each delivery until ctx ends, resuming after reconnections. The handler
+// acks or nacks the delivery itself (unless AutoAck). When ctx ends, the consumer is cancelled,
+// deliveries already being handled finish (their ctx is not cancelled), prefetched ones not yet
+// started are requeued, and Consume returns nil.
+func (c *Conn) Consume(ctx context.Context, spec ConsumeSpec, handle func(context.Context, Delivery)) error {
+	if spec.Workers <= 0 {
+		spec.Workers = 1
+	}
+	if spec.Prefetch <= 0 {
+		spec.Prefetch = spec.Workers * 2
+	}
+	for attempt := 0; ; attempt++ {
+		err := c.consumeOnce(ctx, spec, handle)
+		if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+			return nil
+		}
+		c.log.Warn("consumer stopped, resuming", "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff(min(attempt, 3))):
+		}
+	}
+}
+
+func (c *Conn) consumeOnce(ctx context.Context, spec ConsumeSpec, handle func(context.Context, Delivery)) error {
+	ch, err := c.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Qos(spec.Prefetch, 0, false); err != nil {
+		return err
+	}
+	queue, err := spec.Setup(ch)
+	if err != nil {
+		return fmt.Errorf("consumer setup: %w", err)
+	}
+	tag := "voipbin-" + randomTag()
+	deliveries, err := ch.Consume(queue, tag, spec.AutoAck, spec.Exclusive, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consume %q: %w", queue, err)
+	}
+	hctx := context.WithoutCancel(ctx)
+	work := make(chan Delivery)
+	var wg sync.WaitGroup
+	for range spec.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range work {
+				handle(hctx, d)
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(work)
+	for {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return errors.New("delivery channel closed")
+			}
+			select {
+			case work <- d:
+			case <-ctx.Done():
+				if !spec.AutoAck {
+					_ = d.Nack(false, true)
+				}
+			}
+		case <-ctx.Done():
+			_ = ch.Cancel(tag, false)
+			for d := range deliveries { // prefetched, not started: back to the queue
+				if !spec.AutoAck {
+					_ = d.Nack(false, true)
+				}
+			}
+			return nil
+		}
+	}
+}
+
+func randomTag() string {
+	const letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 12)
+	for i := range b {
+		b[i] = letters[rand.N(len(letters))]
+	}
+	return string(b)
+}
