@@ -18,6 +18,7 @@ BENCHFLAGS ?=
 modules := go list -m -f '{{.Dir}}'
 packages := go list -m -f '{{.Dir}}/...' | sed 's|^$(CURDIR)/|./|'
 header = printf '\n==== %s ====\n' "$(1)"
+workspace = test -f go.work || { echo 'no go.work at the repository root' >&2; exit 1; }
 
 .PHONY: help run build migrate test bench lint fmt tidy clean
 
@@ -38,6 +39,7 @@ migrate: ## apply every service's database migrations
 	@bash deploy/local/run.sh migrate
 
 test: ## go test -race in every module (starts MariaDB, Redis, RabbitMQ first)
+	@$(workspace)
 	@$(call header,services)
 	@bash deploy/local/services.sh ensure
 	@$(call header,sipp)
@@ -46,12 +48,14 @@ test: ## go test -race in every module (starts MariaDB, Redis, RabbitMQ first)
 	@pkgs=$$($(packages)); echo $$pkgs; go test -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $$pkgs
 
 bench: ## benchmarks in every module (BENCH=regexp to filter)
+	@$(workspace)
 	@$(call header,services)
 	@bash deploy/local/services.sh ensure
 	@$(call header,$(strip go test -run '^$$' -bench '$(BENCH)' -benchmem $(BENCHFLAGS)))
 	@pkgs=$$($(packages)); echo $$pkgs; go test -run '^$$' -bench '$(BENCH)' -benchmem $(BENCHFLAGS) $$pkgs
 
 lint: ## gofmt, go vet and go mod tidy -diff over every module
+	@$(workspace)
 	@$(call header,gofmt -l)
 	@out=$$(gofmt -l $$($(modules)) | sed 's|^$(CURDIR)/||'); \
 	if [[ -n $$out ]]; then echo "$$out"; echo 'these files need gofmt (make fmt)'; exit 1; fi; \
@@ -65,9 +69,11 @@ lint: ## gofmt, go vet and go mod tidy -diff over every module
 	done; exit $$fail
 
 fmt: ## gofmt -w every module
+	@$(workspace)
 	@gofmt -l -w $$($(modules)) | sed 's|^$(CURDIR)/||'
 
 tidy: ## go mod tidy in every module
+	@$(workspace)
 	@for dir in $$($(modules)); do echo "$${dir#$(CURDIR)/}"; (cd "$$dir" && go mod tidy); done
 
 clean: ## remove build and coverage output
