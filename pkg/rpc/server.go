@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/apierr"
@@ -173,6 +174,13 @@ func (s *Server) reply(ctx context.Context, d amqp.Delivery, resp *Response) {
 	b, err := json.Marshal(resp)
 	if err != nil {
 		b, _ = json.Marshal(errorResponse(err))
+	}
+	// Reply on the channel the request came in on when possible: no pool round trip.
+	if ch, ok := d.Acknowledger.(*amqp091.Channel); ok {
+		err = ch.Publish("", d.ReplyTo, false, false, amqp.Publishing{ContentType: "application/json", CorrelationId: d.CorrelationId, Body: b})
+		if err == nil {
+			return
+		}
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

@@ -1,0 +1,171 @@
+// Package billingapi is the contract of bin-billing-manager: accounts and balances in integer
+// micro-units (1 USD = 1 000 000), the ledger, the balance gate a call must pass before it is
+// dialled, and the billing events.
+package billingapi
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+	"time"
+
+	"voipbin/pkg/rpc"
+)
+
+// Queue is the billing manager's request queue.
+const Queue = "bin-manager.billing.request"
+
+// Account is a customer's billing account.
+type Account struct {
+	ID         string `json:"id"`
+	CustomerID string `json:"customer_id"`
+	Currency   string `json:"currency"`
+	// Balance is in micro-units of Currency.
+	Balance int64 `json:"balance"`
+	// Reserved is held by calls in progress (see the gate); Available = Balance - Reserved.
+	Reserved  int64     `json:"reserved"`
+	Available int64     `json:"available"`
+	TMCreate  time.Time `json:"tm_create"`
+	TMUpdate  time.Time `json:"tm_update"`
+}
+
+// Billing is one ledger entry.
+type Billing struct {
+	ID         string `json:"id"`
+	CustomerID string `json:"customer_id"`
+	AccountID  string `json:"account_id"`
+	Kind       string `json:"kind"` // "call" or "balance_add"
+	CallID     string `json:"call_id,omitempty"`
+	// Amount changes the balance: negative for a charge, positive for a top-up.
+	Amount          int64     `json:"amount"`
+	BalanceAfter    int64     `json:"balance_after"`
+	DestinationType string    `json:"destination_type,omitempty"`
+	BillableSeconds int       `json:"billable_seconds,omitempty"`
+	RatePerMinute   int64     `json:"rate_per_minute,omitempty"`
+	TMCreate        time.Time `json:"tm_create"`
+}
+
+// Ledger entry kinds.
+const (
+	KindCall       = "call"
+	KindBalanceAdd = "balance_add"
+)
+
+// GateRequest asks whether a customer may start a call to a destination type; on yes the billing
+// manager holds a reservation for the call until its call.ended is charged (or it is released).
+type GateRequest struct {
+	CustomerID      string `json:"customer_id"`
+	CallID          string `json:"call_id"`
+	DestinationType string `json:"destination_type"`
+}
+
+// GateResponse is the yes; a no is 402 PAYMENT_REQUIRED/INSUFFICIENT_BALANCE with details.
+type GateResponse struct {
+	Allowed  bool  `json:"allowed"`
+	Reserved int64 `json:"reserved"`
+}
+
+// BalanceAddRequest is the body of the superadmin top-up.
+type BalanceAddRequest struct {
+	Amount int64 `json:"amount"`
+}
+
+// AccountList is the reply of GET /v1/accounts.
+type AccountList struct {
+	Result []Account `json:"result"`
+}
+
+// BillingList is the reply of GET /v1/billings, newest first.
+type BillingList struct {
+	Result        []Billing `json:"result"`
+	NextPageToken string    `json:"next_page_token,omitempty"`
+}
+
+// Routes served on Queue. ?customer_id= scopes reads (empty: every customer, for superadmin).
+const (
+	RouteGate       = "POST /v1/gate"
+	RouteRelease    = "DELETE /v1/reservations/{call_id}"
+	RouteAccounts   = "GET /v1/accounts"
+	RouteAccount    = "GET /v1/accounts/{id}"
+	RouteBalanceAdd = "POST /v1/accounts/{id}/balance_add"
+	RouteBillings   = "GET /v1/billings"
+)
+
+// Error reasons.
+const (
+	ErrReasonInsufficientBalance = "INSUFFICIENT_BALANCE"
+	ErrReasonAccountNotFound     = "BILLING_ACCOUNT_NOT_FOUND"
+)
+
+// Events on billing.events.
+const (
+	EventAccountUpdated = "billing.account_updated"
+	EventCharged        = "billing.charged"
+)
+
+// Client is the typed client of the billing manager.
+type Client struct{ rpc rpc.Caller }
+
+// NewClient makes a client over an RPC caller.
+func NewClient(c rpc.Caller) *Client { return &Client{rpc: c} }
+
+// Gate asks for permission (and a reservation) to start a call.
+func (c *Client) Gate(ctx context.Context, req GateRequest) (GateResponse, error) {
+	var out GateResponse
+	err := rpc.Do(ctx, c.rpc, Queue, "POST", "/v1/gate", req, &out)
+	return out, err
+}
+
+// Release drops the reservation of a call that was never placed.
+func (c *Client) Release(ctx context.Context, callID string) error {
+	return rpc.Do(ctx, c.rpc, Queue, "DELETE", "/v1/reservations/"+url.PathEscape(callID), nil, nil)
+}
+
+func scoped(path, customerID string) string {
+	if customerID == "" {
+		return path
+	}
+	return path + "?customer_id=" + url.QueryEscape(customerID)
+}
+
+// Accounts lists accounts (customerID empty: all).
+func (c *Client) Accounts(ctx context.Context, customerID string) ([]Account, error) {
+	var out AccountList
+	err := rpc.Do(ctx, c.rpc, Queue, "GET", scoped("/v1/accounts", customerID), nil, &out)
+	return out.Result, err
+}
+
+// Account reads one account.
+func (c *Client) Account(ctx context.Context, customerID, id string) (Account, error) {
+	var out Account
+	err := rpc.Do(ctx, c.rpc, Queue, "GET", scoped("/v1/accounts/"+url.PathEscape(id), customerID), nil, &out)
+	return out, err
+}
+
+// BalanceAdd adds amount micro-units to an account (superadmin).
+func (c *Client) BalanceAdd(ctx context.Context, id string, amount int64) (Account, error) {
+	var out Account
+	err := rpc.Do(ctx, c.rpc, Queue, "POST", "/v1/accounts/"+url.PathEscape(id)+"/balance_add", BalanceAddRequest{Amount: amount}, &out)
+	return out, err
+}
+
+// Billings lists ledger entries, newest first.
+func (c *Client) Billings(ctx context.Context, customerID string, pageSize int, pageToken string) (BillingList, error) {
+	v := url.Values{}
+	if customerID != "" {
+		v.Set("customer_id", customerID)
+	}
+	if pageSize > 0 {
+		v.Set("page_size", strconv.Itoa(pageSize))
+	}
+	if pageToken != "" {
+		v.Set("page_token", pageToken)
+	}
+	route := "/v1/billings"
+	if len(v) > 0 {
+		route += "?" + v.Encode()
+	}
+	var out BillingList
+	err := rpc.Do(ctx, c.rpc, Queue, "GET", route, nil, &out)
+	return out, err
+}
