@@ -118,8 +118,10 @@ func TestTypedErrorsCrossTheWireIntact(t *testing.T) {
 	typed := apierr.New(apierr.PaymentRequired, "INSUFFICIENT_BALANCE", "balance too low").
 		WithDetails(apierr.Detail{"balance": 12.0})
 	startServer(t, conn, queue, map[string]rpc.HandlerFunc{
-		"POST /v1/pay":   func(context.Context, *rpc.Request) (*rpc.Response, error) { return nil, fmt.Errorf("gate: %w", typed) },
-		"POST /v1/plain": func(context.Context, *rpc.Request) (*rpc.Response, error) { return nil, errors.New("db password=hunter2") },
+		"POST /v1/pay": func(context.Context, *rpc.Request) (*rpc.Response, error) { return nil, fmt.Errorf("gate: %w", typed) },
+		"POST /v1/plain": func(context.Context, *rpc.Request) (*rpc.Response, error) {
+			return nil, errors.New("db password=hunter2")
+		},
 		"POST /v1/panic": func(context.Context, *rpc.Request) (*rpc.Response, error) { panic("boom") },
 		"POST /v1/echo":  echo,
 	})
