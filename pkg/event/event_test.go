@@ -336,6 +336,9 @@ func TestMatchType(t *testing.T) {
 
 func runSubscriber(t *testing.T, s *event.Subscriber) {
 	t.Helper()
+	if q := s.Queue(); q != "" {
+		testenv.DeleteQueuesAtCleanup(t, s.Conn(), q, event.DeadQueue(q))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Run(ctx) }()

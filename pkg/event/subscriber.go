@@ -99,6 +99,12 @@ func NewSubscriber(conn *amqp.Conn, log *slog.Logger, opts SubscriberOptions, h 
 	return s
 }
 
+// Queue is the durable queue consumed ("" for a server-named exclusive one).
+func (s *Subscriber) Queue() string { return s.opts.Queue }
+
+// Conn is the connection the subscriber consumes on.
+func (s *Subscriber) Conn() *amqp.Conn { return s.conn }
+
 // DeadQueue is the dead-letter queue of queue.
 func DeadQueue(queue string) string { return queue + ".dead" }
 

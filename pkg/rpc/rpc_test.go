@@ -64,6 +64,7 @@ func echo(ctx context.Context, r *rpc.Request) (*rpc.Response, error) {
 // startServer runs a server on conn for queue until the test ends, and waits until it consumes.
 func startServer(t testing.TB, conn *amqp.Conn, queue string, routes map[string]rpc.HandlerFunc) {
 	t.Helper()
+	testenv.DeleteQueuesAtCleanup(t, conn, queue)
 	srv := rpc.NewServer(conn, queue, testenv.Logger(t), rpc.ServerOptions{Workers: 64})
 	for p, h := range routes {
 		srv.Handle(p, h)
@@ -205,6 +206,7 @@ func TestSlowHandlerTimesOutAtTheDeadline(t *testing.T) {
 func TestRequestExpiredWhileQueuedIsNeverRun(t *testing.T) {
 	conn := testenv.Rabbit(t)
 	queue := testenv.Name("rpc")
+	testenv.DeleteQueuesAtCleanup(t, conn, queue)
 	if err := conn.Declare(context.Background(), func(ch *amqp.Channel) error {
 		_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
 		return err
@@ -285,6 +287,7 @@ func TestThousandConcurrentCallsOverOneClient(t *testing.T) {
 func TestBreakerOpensAndClosesAgain(t *testing.T) {
 	conn := testenv.Rabbit(t)
 	queue := testenv.Name("rpc")
+	testenv.DeleteQueuesAtCleanup(t, conn, queue)
 	if err := conn.Declare(context.Background(), func(ch *amqp.Channel) error {
 		_, err := ch.QueueDeclare(queue, true, false, false, false, nil)
 		return err
@@ -335,6 +338,7 @@ func TestServerProcessRestartedMidStream(t *testing.T) {
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		return cmd
 	}
+	testenv.DeleteQueuesAtCleanup(t, conn, queue)
 	srv := start()
 	waitConsumer(t, conn, queue)
 	client := newClient(t, conn, rpc.ClientOptions{BreakerFailures: 1000})

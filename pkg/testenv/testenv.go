@@ -183,3 +183,20 @@ func DialRabbit(t testing.TB, url string) *amqp.Conn {
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
+
+// DeleteQueuesAtCleanup deletes the named queues when the test ends, so durable test queues do
+// not pile up in the shared broker.
+func DeleteQueuesAtCleanup(t testing.TB, conn *amqp.Conn, queues ...string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ch, err := conn.Channel(ctx)
+		if err != nil {
+			return
+		}
+		defer ch.Close()
+		for _, q := range queues {
+			_, _ = ch.QueueDelete(q, false, false, false)
+		}
+	})
+}
