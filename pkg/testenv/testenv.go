@@ -1,6 +1,7 @@
 // Package testenv gives integration tests the real MariaDB, Redis and RabbitMQ of the machine
 // (started by `make test`): a fresh database per test, a connected amqp.Conn, a Redis client, and
-// names unique to the test so parallel packages never collide. Addresses come from
+// names unique to the test so parallel packages never collide; each test process gets a RabbitMQ
+// virtual host of its own. Addresses come from
 // TEST_DATABASE_DSN (a DSN without a database name), TEST_RABBITMQ_ADDRESS and TEST_REDIS_ADDRESS,
 // defaulting to the local services.
 package testenv
@@ -10,11 +11,13 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,8 +35,63 @@ func env(name, def string) string {
 	return def
 }
 
-// RabbitURL is the broker the tests use.
-func RabbitURL() string { return env("TEST_RABBITMQ_ADDRESS", "amqp://guest:guest@127.0.0.1:5672/") }
+// rabbitBase is the broker the tests use.
+func rabbitBase() string { return env("TEST_RABBITMQ_ADDRESS", "amqp://guest:guest@127.0.0.1:5672/") }
+
+// processVhostEnv carries this process's virtual host URL to the child processes tests start.
+const processVhostEnv = "VOIPBIN_TEST_RABBITMQ_URL"
+
+var (
+	vhostOnce sync.Once
+	vhostURL  string
+)
+
+// RabbitURL is the broker URL for this test process: a virtual host of its own (made on first use
+// with rabbitmqctl), so tests of different packages, which run at the same time, can each serve and
+// consume the platform's well-known queue and exchange names without hearing each other. Child
+// processes started by a test inherit it. Without rabbitmqctl (a remote broker) it is the broker's
+// default virtual host.
+func RabbitURL() string {
+	if u := os.Getenv(processVhostEnv); u != "" {
+		return u
+	}
+	vhostOnce.Do(func() {
+		vhostURL = rabbitBase()
+		if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+			return
+		}
+		reapStaleVhosts()
+		name := fmt.Sprintf("vbtest_%d_%s", os.Getpid(), Name("p")[2:])
+		if err := exec.Command("rabbitmqctl", "-q", "add_vhost", name).Run(); err != nil {
+			return
+		}
+		if err := exec.Command("rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*").Run(); err != nil {
+			return
+		}
+		vhostURL = strings.TrimSuffix(rabbitBase(), "/") + "/" + name
+		_ = os.Setenv(processVhostEnv, vhostURL)
+	})
+	return vhostURL
+}
+
+// reapStaleVhosts deletes the virtual hosts of test processes that no longer run.
+func reapStaleVhosts() {
+	out, err := exec.Command("rabbitmqctl", "-q", "list_vhosts", "name").Output()
+	if err != nil {
+		return
+	}
+	for _, name := range strings.Fields(string(out)) {
+		rest, ok := strings.CutPrefix(name, "vbtest_")
+		if !ok {
+			continue
+		}
+		pid, _, _ := strings.Cut(rest, "_")
+		if _, err := os.Stat("/proc/" + pid); err == nil {
+			continue
+		}
+		_ = exec.Command("rabbitmqctl", "-q", "delete_vhost", name).Run()
+	}
+}
 
 // RedisAddress is the Redis the tests use.
 func RedisAddress() string { return env("TEST_REDIS_ADDRESS", "127.0.0.1:6379") }
@@ -152,7 +210,7 @@ func RabbitVhost(t testing.TB) (url, vhost string) {
 	rabbitmqctl(t, "add_vhost", vhost)
 	t.Cleanup(func() { _ = exec.Command("rabbitmqctl", "-q", "delete_vhost", vhost).Run() })
 	rabbitmqctl(t, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-	base := strings.TrimSuffix(RabbitURL(), "/")
+	base := strings.TrimSuffix(rabbitBase(), "/")
 	return base + "/" + vhost, vhost
 }
 
