@@ -221,7 +221,7 @@ func (c *Client) roundTrip(ctx context.Context, queue string, req Request, deadl
 		headers[HeaderCustomerID] = id
 	}
 	req.Headers = headers
-	body, err := json.Marshal(req)
+	body, err := req.MarshalJSON()
 	if err != nil {
 		return nil, fmt.Errorf("marshal request: %w", err)
 	}

@@ -171,7 +171,7 @@ func (s *Server) reply(ctx context.Context, d amqp.Delivery, resp *Response) {
 	if d.ReplyTo == "" {
 		return
 	}
-	b, err := json.Marshal(resp)
+	b, err := resp.MarshalJSON()
 	if err != nil {
 		b, _ = json.Marshal(errorResponse(err))
 	}
