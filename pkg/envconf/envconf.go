@@ -19,7 +19,18 @@ import (
 type Reader struct {
 	getenv func(string) string
 	errs   []error
+	vars   []Var
 }
+
+// Var describes one variable a service reads, for documentation and deployment checks.
+type Var struct {
+	Name     string `json:"name"`
+	Required bool   `json:"required"`
+	Default  string `json:"default,omitempty"`
+}
+
+// Vars lists every variable read so far, in order.
+func (r *Reader) Vars() []Var { return r.vars }
 
 // New makes a Reader over getenv (os.Getenv in main, a map in tests).
 func New(getenv func(string) string) *Reader { return &Reader{getenv: getenv} }
@@ -42,6 +53,7 @@ func (r *Reader) Fail(name, format string, args ...any) {
 }
 
 func (r *Reader) raw(name, def string, required bool) (string, bool) {
+	r.vars = append(r.vars, Var{Name: name, Required: required, Default: def})
 	v := strings.TrimSpace(r.getenv(name))
 	if v == "" {
 		if required {
