@@ -2,8 +2,28 @@
 package config
 
 import (
+	"strings"
+	"time"
+
 	"voipbin/pkg/envconf"
 )
+
+// MinJWTSecret is the shortest JWT signing secret accepted, in bytes (HS256 wants at least the
+// hash size).
+const MinJWTSecret = 32
+
+// JWTKey is one HS256 key: its kid and its secret. The first key of Config.JWTKeys signs; all verify.
+type JWTKey struct {
+	ID     string
+	Secret []byte
+}
+
+// RateLimit is a GCRA limit: Rate requests per second on average with bursts of Burst. A zero
+// Rate disables the limit.
+type RateLimit struct {
+	Rate  int
+	Burst int
+}
 
 // Config is everything the api manager reads from its environment.
 type Config struct {
@@ -12,7 +32,30 @@ type Config struct {
 	RedisAddress    string
 	AdminAddress    string
 	LogLevel        string
+
+	HTTPAddress string
+	TLSCertFile string
+	TLSKeyFile  string
+	CORSOrigins []string
+
+	JWTKeys     []JWTKey
+	JWTLifetime time.Duration
+
+	// AdminUsername and AdminPassword bootstrap the superadmin when none exists; main fails
+	// clearly if they are empty then.
+	AdminUsername string
+	AdminPassword string
+
+	RateLimitIP       RateLimit
+	RateLimitCustomer RateLimit
+	// AccessKeyCacheTTL bounds how long a deleted access key may still work (at most 5 s).
+	AccessKeyCacheTTL time.Duration
+	// BcryptCost is the cost of new password hashes.
+	BcryptCost int
 }
+
+// TLS reports whether the HTTP server serves TLS.
+func (c Config) TLS() bool { return c.TLSCertFile != "" }
 
 // Load reads and validates the configuration, reporting every problem in one error.
 func Load(getenv func(string) string) (Config, error) {
@@ -23,6 +66,78 @@ func Load(getenv func(string) string) (Config, error) {
 		RedisAddress:    r.HostPort("REDIS_ADDRESS", "", true),
 		AdminAddress:    r.HostPort("ADMIN_ADDRESS", "127.0.0.1:9100", false),
 		LogLevel:        r.String("LOG_LEVEL", "info", false),
+
+		HTTPAddress: r.HostPort("HTTP_ADDRESS", "127.0.0.1:8080", false),
+		TLSCertFile: r.String("TLS_CERT_FILE", "", false),
+		TLSKeyFile:  r.String("TLS_KEY_FILE", "", false),
+		CORSOrigins: r.List("CORS_ORIGINS", ""),
+
+		JWTKeys:     parseJWTKeys(r, r.String("JWT_KEY", "", true)),
+		JWTLifetime: r.Duration("JWT_LIFETIME", 24*time.Hour),
+
+		AdminUsername: r.String("ADMIN_USERNAME", "", false),
+		AdminPassword: r.String("ADMIN_PASSWORD", "", false),
+
+		RateLimitIP: RateLimit{
+			Rate:  r.Int("RATE_LIMIT_IP_RATE", 100, 0, 1_000_000),
+			Burst: r.Int("RATE_LIMIT_IP_BURST", 200, 1, 1_000_000),
+		},
+		RateLimitCustomer: RateLimit{
+			Rate:  r.Int("RATE_LIMIT_CUSTOMER_RATE", 50, 0, 1_000_000),
+			Burst: r.Int("RATE_LIMIT_CUSTOMER_BURST", 100, 1, 1_000_000),
+		},
+		AccessKeyCacheTTL: r.Duration("ACCESSKEY_CACHE_TTL", 5*time.Second),
+		BcryptCost:        r.Int("BCRYPT_COST", 10, 4, 16),
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		r.Fail("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+	}
+	if c.AccessKeyCacheTTL > 5*time.Second {
+		r.Fail("ACCESSKEY_CACHE_TTL", "must be at most 5s (a deleted key must stop working within 5 s), got %s", c.AccessKeyCacheTTL)
+	}
+	if c.JWTLifetime < time.Minute {
+		r.Fail("JWT_LIFETIME", "must be at least 1m, got %s", c.JWTLifetime)
+	}
+	if (c.AdminUsername == "") != (c.AdminPassword == "") {
+		r.Fail("ADMIN_USERNAME", "ADMIN_USERNAME and ADMIN_PASSWORD must be set together")
+	}
+	for _, o := range c.CORSOrigins {
+		if o != "*" && !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
+			r.Fail("CORS_ORIGINS", "%q is not an origin like https://app.example.com (or *)", o)
+		}
 	}
 	return c, r.Err()
+}
+
+// parseJWTKeys reads "secret" or "kid:secret,kid:secret". A bare secret gets the kid "default".
+// Secrets are never echoed in problems.
+func parseJWTKeys(r *envconf.Reader, v string) []JWTKey {
+	if v == "" {
+		return nil // already reported as required
+	}
+	var keys []JWTKey
+	seen := map[string]bool{}
+	items := strings.Split(v, ",")
+	for i, item := range items {
+		item = strings.TrimSpace(item)
+		kid, secret, ok := strings.Cut(item, ":")
+		if !ok {
+			if len(items) > 1 {
+				r.Fail("JWT_KEY", "key %d has no kid: with several keys each must be kid:secret", i+1)
+				continue
+			}
+			kid, secret = "default", item
+		}
+		switch {
+		case kid == "":
+			r.Fail("JWT_KEY", "key %d has an empty kid", i+1)
+		case seen[kid]:
+			r.Fail("JWT_KEY", "kid %q appears twice", kid)
+		case len(secret) < MinJWTSecret:
+			r.Fail("JWT_KEY", "the secret of kid %q is %d bytes, want at least %d", kid, len(secret), MinJWTSecret)
+		}
+		seen[kid] = true
+		keys = append(keys, JWTKey{ID: kid, Secret: []byte(secret)})
+	}
+	return keys
 }

@@ -3,13 +3,17 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
+
+const secret32 = "0123456789abcdef0123456789abcdef"
 
 func TestLoad(t *testing.T) {
 	valid := map[string]string{
 		"DATABASE_DSN":     "root@tcp(127.0.0.1:3306)/voipbin",
 		"RABBITMQ_ADDRESS": "amqp://guest:guest@127.0.0.1:5672/",
 		"REDIS_ADDRESS":    "127.0.0.1:6379",
+		"JWT_KEY":          secret32,
 	}
 	with := func(changes map[string]string) func(string) string {
 		m := map[string]string{}
@@ -25,12 +29,42 @@ func TestLoad(t *testing.T) {
 		name    string
 		env     map[string]string
 		wantErr []string // every variable the error must name; nil means valid
+		check   func(t *testing.T, c Config)
 	}{
-		{name: "valid", env: nil},
-		{name: "all missing", env: map[string]string{"DATABASE_DSN": "", "RABBITMQ_ADDRESS": "", "REDIS_ADDRESS": ""},
-			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS"}},
-		{name: "all malformed", env: map[string]string{"DATABASE_DSN": "nonsense", "RABBITMQ_ADDRESS": "http://x/", "REDIS_ADDRESS": "no-port", "ADMIN_ADDRESS": "x"},
-			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS", "ADMIN_ADDRESS"}},
+		{name: "valid with defaults", env: nil, check: func(t *testing.T, c Config) {
+			if !strings.Contains(c.DatabaseDSN, "interpolateParams=true") {
+				t.Errorf("DSN %q lacks interpolateParams=true", c.DatabaseDSN)
+			}
+			if c.HTTPAddress != "127.0.0.1:8080" || c.JWTLifetime != 24*time.Hour || c.TLS() {
+				t.Errorf("defaults = %q %s tls=%v", c.HTTPAddress, c.JWTLifetime, c.TLS())
+			}
+			if len(c.JWTKeys) != 1 || c.JWTKeys[0].ID != "default" || string(c.JWTKeys[0].Secret) != secret32 {
+				t.Errorf("JWTKeys = %+v, want one default key", c.JWTKeys)
+			}
+		}},
+		{name: "key list", env: map[string]string{"JWT_KEY": "new:" + secret32 + "x, old:" + secret32,
+			"CORS_ORIGINS": "https://a.example, http://localhost:3000", "TLS_CERT_FILE": "/c", "TLS_KEY_FILE": "/k"},
+			check: func(t *testing.T, c Config) {
+				if len(c.JWTKeys) != 2 || c.JWTKeys[0].ID != "new" || c.JWTKeys[1].ID != "old" {
+					t.Errorf("JWTKeys = %+v, want new then old", c.JWTKeys)
+				}
+				if len(c.CORSOrigins) != 2 || !c.TLS() {
+					t.Errorf("CORS %v TLS %v", c.CORSOrigins, c.TLS())
+				}
+			}},
+		{name: "all missing", env: map[string]string{"DATABASE_DSN": "", "RABBITMQ_ADDRESS": "", "REDIS_ADDRESS": "", "JWT_KEY": ""},
+			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS", "JWT_KEY"}},
+		{name: "all malformed", env: map[string]string{"DATABASE_DSN": "nonsense", "RABBITMQ_ADDRESS": "http://x/",
+			"REDIS_ADDRESS": "no-port", "ADMIN_ADDRESS": "x", "HTTP_ADDRESS": "y", "JWT_LIFETIME": "soon",
+			"RATE_LIMIT_IP_RATE": "-1", "CORS_ORIGINS": "example.com", "ACCESSKEY_CACHE_TTL": "1m"},
+			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS", "ADMIN_ADDRESS", "HTTP_ADDRESS",
+				"JWT_LIFETIME", "RATE_LIMIT_IP_RATE", "CORS_ORIGINS", "ACCESSKEY_CACHE_TTL"}},
+		{name: "short secret", env: map[string]string{"JWT_KEY": "short"}, wantErr: []string{"JWT_KEY", "at least 32"}},
+		{name: "short secret in list", env: map[string]string{"JWT_KEY": "a:" + secret32 + ",b:tiny"}, wantErr: []string{`kid "b"`}},
+		{name: "list without kid", env: map[string]string{"JWT_KEY": "a:" + secret32 + "," + secret32}, wantErr: []string{"no kid"}},
+		{name: "duplicate kid", env: map[string]string{"JWT_KEY": "a:" + secret32 + ",a:" + secret32}, wantErr: []string{"twice"}},
+		{name: "tls half set", env: map[string]string{"TLS_CERT_FILE": "/c"}, wantErr: []string{"TLS_KEY_FILE"}},
+		{name: "admin half set", env: map[string]string{"ADMIN_USERNAME": "admin"}, wantErr: []string{"ADMIN_PASSWORD"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -39,9 +73,7 @@ func TestLoad(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Load() error = %v", err)
 				}
-				if !strings.Contains(cfg.DatabaseDSN, "interpolateParams=true") {
-					t.Fatalf("DSN %q lacks interpolateParams=true", cfg.DatabaseDSN)
-				}
+				tt.check(t, cfg)
 				return
 			}
 			if err == nil {
@@ -51,6 +83,9 @@ func TestLoad(t *testing.T) {
 				if !strings.Contains(err.Error(), name) {
 					t.Errorf("error %q does not name %s", err, name)
 				}
+			}
+			if strings.Contains(err.Error(), secret32) {
+				t.Errorf("error %q echoes a secret", err)
 			}
 		})
 	}
