@@ -17,12 +17,25 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"voipbin/bin-rtc-manager/internal/cache"
 	"voipbin/bin-rtc-manager/internal/config"
+	"voipbin/bin-rtc-manager/internal/dialog"
+	"voipbin/bin-rtc-manager/internal/rabbit"
+	"voipbin/bin-rtc-manager/internal/rpcserver"
+	"voipbin/bin-rtc-manager/internal/sip"
 	"voipbin/pkg/amqp"
+	"voipbin/pkg/rpc"
+	"voipbin/pkg/rtcapi"
 	"voipbin/pkg/telemetry"
 )
 
 const service = "rtc-manager"
+
+// keyPrefix namespaces the rtc manager's Redis keys.
+const keyPrefix = "rtc"
+
+// drainTimeout bounds the graceful end of live dialogs at shutdown.
+const drainTimeout = 15 * time.Second
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -51,6 +64,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	defer conn.Close()
+	if err := conn.Declare(startCtx, rabbit.DeclareExchange); err != nil {
+		return fmt.Errorf("declare %s: %w", "rtc.events", err)
+	}
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddress})
 	defer rdb.Close()
 
@@ -60,19 +76,74 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		"redis":    func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 	})
 
-	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
+	store := cache.NewStore(rdb, keyPrefix, cfg.NodeID)
+	relay := rabbit.NewRelay(cache.NewOutbox(rdb, keyPrefix, cfg.NodeID), conn, log, reg)
+	ua, err := sip.NewUA(sip.Params{ListenAddress: cfg.SIP.ListenAddress, ExternalAddress: cfg.SIP.ExternalAddress,
+		Username: cfg.SIP.TrunkUsername, Password: cfg.SIP.TrunkPassword,
+		RTPPortMin: cfg.SIP.RTPPortMin, RTPPortMax: cfg.SIP.RTPPortMax, Log: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	rpcClient := rpc.NewClient(conn, log, rpc.ClientOptions{})
+	defer rpcClient.Close()
+	svc := dialog.NewService(dialog.Params{NodeID: cfg.NodeID, TrunkURI: cfg.SIP.TelTrunkURI,
+		DialTimeout: cfg.SIP.DialTimeout, MaxDuration: cfg.SIP.MaxDuration,
+		Store: store, Phone: ua, Forward: rtcapi.NewClient(rpcClient), Relay: relay, Log: log})
+
+	routes := rpcserver.New(svc)
+	shared := rpc.NewServer(conn, rtcapi.Queue, log, rpc.ServerOptions{Registerer: reg})
+	routes.Shared(shared)
+	node := rpc.NewServer(conn, rtcapi.NodeQueue(cfg.NodeID), log, rpc.ServerOptions{Exclusive: true, Registerer: reg})
+	routes.Node(node)
+
+	// The SIP side and the relay outlive the RPC servers: live dialogs are ended and their
+	// outcomes published after dials stop coming in.
+	sipCtx, stopSIP := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSIP()
+	sipDone := make(chan error, 1)
+	go func() { sipDone <- ua.Run(sipCtx) }()
+	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRelay()
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- relay.Run(relayCtx) }()
+
+	// Dialogs a previous run of this node left open are ended before new work comes in.
+	if n, err := svc.Reap(startCtx, ua.Running); err != nil {
+		log.WarnContext(ctx, "ending dialogs left by a previous run failed", "error", err)
+	} else if n > 0 {
+		log.InfoContext(ctx, "ended dialogs left by a previous run", "count", n)
+	}
+
 	work, workCtx := errgroup.WithContext(ctx)
-	work.Go(func() error { <-workCtx.Done(); return nil })
+	work.Go(func() error { return shared.Run(workCtx) })
+	work.Go(func() error { return node.Run(workCtx) })
+	work.Go(func() error {
+		select {
+		case err := <-sipDone:
+			return err
+		case <-workCtx.Done():
+			return nil
+		}
+	})
 
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- admin.Run(adminCtx, log) }()
 
-	log.Info("started")
+	log.Info("started", "node_id", cfg.NodeID, "sip", ua.Addr())
 	<-workCtx.Done()
 	admin.Drain()
-	log.Info("shutting down: finishing work in flight")
+	log.Info("shutting down: no more dials; ending live dialogs", "active", ua.Active())
 	err = work.Wait()
+	hctx, cancelH := context.WithTimeout(context.Background(), drainTimeout)
+	if herr := ua.HangupAll(hctx); herr != nil {
+		log.Error("live dialogs did not all end cleanly", "error", herr)
+	}
+	cancelH()
+	stopRelay() // its last pass publishes the outcomes just recorded
+	<-relayDone
+	stopSIP()
+	_ = ua.Close()
 	stopAdmin()
 	if aerr := <-adminDone; aerr != nil && err == nil {
 		err = aerr

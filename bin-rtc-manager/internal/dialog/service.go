@@ -1,0 +1,271 @@
+package dialog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"voipbin/pkg/apierr"
+	"voipbin/pkg/callapi"
+	"voipbin/pkg/rtcapi"
+	"voipbin/pkg/telemetry"
+)
+
+// Store persists dialogs together with the events their changes emit, so that a change and its
+// event are one atomic write.
+type Store interface {
+	// Create stores a new dialog; ErrExists if the call id is taken.
+	Create(ctx context.Context, d *Dialog) error
+	// Update applies fn to the stored dialog and stores it with the events fn returns, atomically.
+	Update(ctx context.Context, callID string, fn func(d *Dialog) ([]Emitted, error)) (*Dialog, error)
+	// Get reads a dialog; ErrNotFound if there is none.
+	Get(ctx context.Context, callID string) (*Dialog, error)
+	// Live lists the call ids of a node's dialogs that have not ended.
+	Live(ctx context.Context, nodeID string) ([]string, error)
+}
+
+// ErrExists is returned by Store.Create for a call id that already has a dialog.
+var ErrExists = errors.New("dialog exists")
+
+// Phone is the SIP side of the service.
+type Phone interface {
+	// Call fills d's SIP fields, has p.Start persist it, sends the INVITE, and then runs the
+	// dialog in the background, reporting its progress to p.
+	Call(ctx context.Context, d *Dialog, src callapi.Address, p Progress) error
+	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after) and waits until
+	// it has ended; false if it runs no such dialog.
+	Hangup(ctx context.Context, callID string) (bool, error)
+	// EndStateless ends a dialog from its stored state alone (its node died) and returns the SIP
+	// code to record.
+	EndStateless(ctx context.Context, d Dialog) (int, error)
+}
+
+// Forwarder reaches the node that owns a dialog.
+type Forwarder interface {
+	Hangup(ctx context.Context, nodeID, callID string) error
+}
+
+// Progress receives what happens to a dialog.
+type Progress interface {
+	Start(ctx context.Context, d *Dialog) error
+	Ringing(ctx context.Context, callID string, code int)
+	Answered(ctx context.Context, callID string, a Answer)
+	Ended(ctx context.Context, callID string, e End)
+	// CSeq records the CSeq of the last request sent in the dialog.
+	CSeq(ctx context.Context, callID string, cseq uint32)
+}
+
+// Kicker is told that new events wait in the store.
+type Kicker interface{ Kick() }
+
+// Service is the rtc manager's use cases: dial, hang up, look up, and recording progress.
+type Service struct {
+	nodeID      string
+	trunkURI    string
+	dialTimeout time.Duration
+	maxDuration time.Duration
+	store       Store
+	phone       Phone
+	forward     Forwarder
+	relay       Kicker
+	log         *slog.Logger
+	now         func() time.Time
+}
+
+// Params are the Service's dependencies and settings.
+type Params struct {
+	NodeID      string
+	TrunkURI    string
+	DialTimeout time.Duration
+	MaxDuration time.Duration
+	Store       Store
+	Phone       Phone
+	Forward     Forwarder
+	Relay       Kicker
+	Log         *slog.Logger
+}
+
+// NewService makes the service.
+func NewService(p Params) *Service {
+	return &Service{nodeID: p.NodeID, trunkURI: p.TrunkURI, dialTimeout: p.DialTimeout, maxDuration: p.MaxDuration,
+		store: p.Store, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now}
+}
+
+// Dial starts an outbound call and returns once the INVITE is sent.
+func (s *Service) Dial(ctx context.Context, req rtcapi.DialRequest) (rtcapi.DialResponse, error) {
+	if err := Validate(req); err != nil {
+		return rtcapi.DialResponse{}, err
+	}
+	target, err := Target(req.Destination, s.trunkURI)
+	if err != nil {
+		return rtcapi.DialResponse{}, err
+	}
+	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, req.CustomerID), req.CallID)
+	d := &Dialog{CallID: req.CallID, CustomerID: req.CustomerID, NodeID: s.nodeID, State: StateCalling,
+		RequestURI: target, DialTimeout: s.dialTimeout, MaxDuration: s.maxDuration, TMCreate: s.now().UTC()}
+	if req.DialTimeout > 0 {
+		d.DialTimeout = time.Duration(req.DialTimeout) * time.Second
+	}
+	if req.MaxDuration > 0 {
+		d.MaxDuration = time.Duration(req.MaxDuration) * time.Second
+	}
+	err = s.phone.Call(ctx, d, req.Source, s)
+	switch {
+	case errors.Is(err, ErrExists):
+		// A redelivered dial: answer as the first time did.
+		old, gerr := s.store.Get(ctx, req.CallID)
+		if gerr != nil {
+			return rtcapi.DialResponse{}, fmt.Errorf("dial %s again: %w", req.CallID, gerr)
+		}
+		return rtcapi.DialResponse{NodeID: old.NodeID, SIPCallID: old.SIPCallID}, nil
+	case err != nil:
+		return rtcapi.DialResponse{}, err
+	}
+	s.log.InfoContext(ctx, "dialling", "request_uri", target, "sip_call_id", d.SIPCallID)
+	return rtcapi.DialResponse{NodeID: s.nodeID, SIPCallID: d.SIPCallID}, nil
+}
+
+// Start persists a new dialog before its INVITE leaves (Progress).
+func (s *Service) Start(ctx context.Context, d *Dialog) error {
+	if err := s.store.Create(ctx, d); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Ringing records a 180/183 (Progress).
+func (s *Service) Ringing(ctx context.Context, callID string, code int) {
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ring(s.now(), code), nil })
+}
+
+// Answered records the 2xx (Progress).
+func (s *Service) Answered(ctx context.Context, callID string, a Answer) {
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Answered(s.now(), a), nil })
+}
+
+// Ended records the end of the dialog (Progress).
+func (s *Service) Ended(ctx context.Context, callID string, e End) {
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ended(s.now(), e), nil })
+}
+
+// CSeq records the CSeq of a request sent in the dialog, so another node continues above it.
+func (s *Service) CSeq(ctx context.Context, callID string, cseq uint32) {
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.CSeq = max(d.CSeq, cseq); return nil, nil })
+}
+
+// record stores a change, retrying while the store is unreachable: the SIP side has already
+// moved, so the change must not be lost. It gives up only when ctx ends (shutdown), with an error
+// log naming the call.
+func (s *Service) record(ctx context.Context, callID string, fn func(d *Dialog) ([]Emitted, error)) {
+	for attempt := 0; ; attempt++ {
+		_, err := s.store.Update(ctx, callID, fn)
+		if err == nil {
+			s.relay.Kick()
+			return
+		}
+		if errors.Is(err, ErrNotFound) {
+			s.log.ErrorContext(ctx, "dialog vanished from the store; change not recorded", "error", err)
+			return
+		}
+		s.log.WarnContext(ctx, "recording dialog change failed, retrying", "attempt", attempt+1, "error", err)
+		select {
+		case <-ctx.Done():
+			s.log.ErrorContext(ctx, "dialog change not recorded before shutdown", "error", err)
+			return
+		case <-time.After(min(50*time.Millisecond<<min(attempt, 6), 2*time.Second)):
+		}
+	}
+}
+
+// Hangup ends a dialog: the one this node runs, the owner's through its queue, or, when the owner
+// is gone (its queue vanished with it), from the stored state. viaNodeQueue says the request came
+// on this node's own queue, which is never forwarded again.
+func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) error {
+	ctx = telemetry.WithCallID(ctx, callID)
+	found, err := s.phone.Hangup(ctx, callID)
+	if found {
+		return err
+	}
+	d, err := s.get(ctx, callID)
+	if err != nil {
+		return err
+	}
+	if !d.State.Live() {
+		return nil
+	}
+	ctx = telemetry.WithCustomerID(ctx, d.CustomerID)
+	if d.NodeID != s.nodeID && !viaNodeQueue && s.forward != nil {
+		err := s.forward.Hangup(ctx, d.NodeID, callID)
+		if !apierr.HasReason(err, apierr.ReasonServiceUnavailable) {
+			return err
+		}
+		s.log.WarnContext(ctx, "owner node is gone; ending its dialog from the stored state", "owner", d.NodeID)
+	}
+	return s.takeOver(ctx, d)
+}
+
+// takeOver ends a dialog no process runs any more.
+func (s *Service) takeOver(ctx context.Context, d *Dialog) error {
+	code, err := s.phone.EndStateless(ctx, *d)
+	if err != nil {
+		s.log.WarnContext(ctx, "ending an orphaned dialog over SIP failed; recording it ended", "error", err)
+	}
+	_, err = s.store.Update(ctx, d.CallID, func(cur *Dialog) ([]Emitted, error) {
+		return cur.Ended(s.now(), End{SIPCode: code, By: callapi.HangupByLocal}), nil
+	})
+	if err != nil {
+		return fmt.Errorf("record end of %s: %w", d.CallID, err)
+	}
+	s.relay.Kick()
+	return nil
+}
+
+// Get reads a dialog.
+func (s *Service) Get(ctx context.Context, callID string) (rtcapi.Dialog, error) {
+	d, err := s.get(ctx, callID)
+	if err != nil {
+		return rtcapi.Dialog{}, err
+	}
+	return d.Info(), nil
+}
+
+func (s *Service) get(ctx context.Context, callID string) (*Dialog, error) {
+	d, err := s.store.Get(ctx, callID)
+	if errors.Is(err, ErrNotFound) {
+		return nil, apierr.Newf(apierr.NotFound, rtcapi.ErrReasonDialogNotFound, "no dialog for call %s", callID)
+	}
+	return d, err
+}
+
+// Reap ends the dialogs a previous run of this node left live (it crashed, or was killed before
+// it could end them), so none stays open on the far side nor unfinished for the call manager.
+func (s *Service) Reap(ctx context.Context, running func(callID string) bool) (int, error) {
+	ids, err := s.store.Live(ctx, s.nodeID)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range ids {
+		if running(id) {
+			continue
+		}
+		d, err := s.store.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if !d.State.Live() {
+			continue
+		}
+		cctx := telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
+		if err := s.takeOver(cctx, d); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
