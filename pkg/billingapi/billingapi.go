@@ -70,9 +70,11 @@ type BalanceAddRequest struct {
 	Amount int64 `json:"amount"`
 }
 
-// AccountList is the reply of GET /v1/accounts.
+// AccountList is the reply of GET /v1/accounts, in id order. The route takes page_size (≤ 100,
+// default 50) and page_token; NextPageToken is empty on the last page.
 type AccountList struct {
-	Result []Account `json:"result"`
+	Result        []Account `json:"result"`
+	NextPageToken string    `json:"next_page_token,omitempty"`
 }
 
 // BillingList is the reply of GET /v1/billings, newest first.
@@ -95,6 +97,9 @@ const (
 const (
 	ErrReasonInsufficientBalance = "INSUFFICIENT_BALANCE"
 	ErrReasonAccountNotFound     = "BILLING_ACCOUNT_NOT_FOUND"
+	// ErrReasonReservationReleased (409 FAILED_PRECONDITION) answers a gate request for a call
+	// whose reservation was already released, charged or expired: that call was given up.
+	ErrReasonReservationReleased = "RESERVATION_RELEASED"
 )
 
 // Events on billing.events.
@@ -128,11 +133,35 @@ func scoped(path, customerID string) string {
 	return path + "?customer_id=" + url.QueryEscape(customerID)
 }
 
-// Accounts lists accounts (customerID empty: all).
+// Accounts lists accounts (customerID empty: all); only the first page, see AccountsPage.
 func (c *Client) Accounts(ctx context.Context, customerID string) ([]Account, error) {
 	var out AccountList
 	err := rpc.Do(ctx, c.rpc, Queue, "GET", scoped("/v1/accounts", customerID), nil, &out)
 	return out.Result, err
+}
+
+// AccountsPage lists one page of accounts (customerID empty: all) in id order.
+func (c *Client) AccountsPage(ctx context.Context, customerID string, pageSize int, pageToken string) (AccountList, error) {
+	var out AccountList
+	err := rpc.Do(ctx, c.rpc, Queue, "GET", pageRoute("/v1/accounts", customerID, pageSize, pageToken), nil, &out)
+	return out, err
+}
+
+func pageRoute(path, customerID string, pageSize int, pageToken string) string {
+	v := url.Values{}
+	if customerID != "" {
+		v.Set("customer_id", customerID)
+	}
+	if pageSize > 0 {
+		v.Set("page_size", strconv.Itoa(pageSize))
+	}
+	if pageToken != "" {
+		v.Set("page_token", pageToken)
+	}
+	if len(v) > 0 {
+		path += "?" + v.Encode()
+	}
+	return path
 }
 
 // Account reads one account.
@@ -151,21 +180,7 @@ func (c *Client) BalanceAdd(ctx context.Context, id string, amount int64) (Accou
 
 // Billings lists ledger entries, newest first.
 func (c *Client) Billings(ctx context.Context, customerID string, pageSize int, pageToken string) (BillingList, error) {
-	v := url.Values{}
-	if customerID != "" {
-		v.Set("customer_id", customerID)
-	}
-	if pageSize > 0 {
-		v.Set("page_size", strconv.Itoa(pageSize))
-	}
-	if pageToken != "" {
-		v.Set("page_token", pageToken)
-	}
-	route := "/v1/billings"
-	if len(v) > 0 {
-		route += "?" + v.Encode()
-	}
 	var out BillingList
-	err := rpc.Do(ctx, c.rpc, Queue, "GET", route, nil, &out)
+	err := rpc.Do(ctx, c.rpc, Queue, "GET", pageRoute("/v1/billings", customerID, pageSize, pageToken), nil, &out)
 	return out, err
 }

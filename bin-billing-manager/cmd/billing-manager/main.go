@@ -17,11 +17,17 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"voipbin/bin-billing-manager/internal/billing"
 	"voipbin/bin-billing-manager/internal/config"
+	"voipbin/bin-billing-manager/internal/mysql"
+	"voipbin/bin-billing-manager/internal/rpcserver"
+	"voipbin/bin-billing-manager/internal/subscriber"
 	"voipbin/bin-billing-manager/migrations"
 	"voipbin/pkg/amqp"
+	"voipbin/pkg/billingapi"
 	"voipbin/pkg/event"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
 	"voipbin/pkg/telemetry"
 )
@@ -66,27 +72,58 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddress})
 	defer rdb.Close()
 
+	// The relay publishes to billing.events; declare it (again after every reconnection).
+	if err := conn.Declare(startCtx, func(ch *amqp.Channel) error { return event.DeclareExchange(ch, event.ExchangeBilling) }); err != nil {
+		return fmt.Errorf("declare %s: %w", event.ExchangeBilling, err)
+	}
+
 	reg := telemetry.NewRegistry()
+	// Redis only dedupes events here (the database makes every handler idempotent), so billing
+	// stays ready without it.
 	admin := telemetry.NewAdmin(cfg.AdminAddress, reg, map[string]telemetry.Check{
 		"mysql":    sqldb.Check(db),
 		"rabbitmq": conn.Check,
-		"redis":    func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 	})
-	relay := event.NewRelay(db, conn, "billing_outbox", log, event.RelayOptions{Registerer: reg})
+	relay := event.NewRelay(db, conn, mysql.OutboxTable, log, event.RelayOptions{Registerer: reg})
+	store := mysql.NewStore(db, mysql.Options{OnCommit: relay.Kick})
+	svc := billing.NewService(billing.Deps{Store: store, Reader: store, Policy: cfg.Policy})
 
-	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
+	server := rpc.NewServer(conn, billingapi.Queue, log, rpc.ServerOptions{Workers: cfg.RPCWorkers, Registerer: reg})
+	rpcserver.New(rpcserver.Deps{Gate: svc, Accounts: svc, Log: log, Registerer: reg}).Register(server)
+	events := subscriber.New(subscriber.Deps{Opener: svc, Charger: svc, Log: log, Registerer: reg})
+	sub := event.NewSubscriber(conn, log, event.SubscriberOptions{
+		Queue: subscriber.Queue, Bindings: subscriber.Bindings(), Workers: cfg.EventWorkers,
+		Dedupe: event.NewRedisDeduper(rdb, "billing:event:", 24*time.Hour), Registerer: reg,
+	}, events.Handle)
+	sweeper := mysql.NewSweeper(db, log, mysql.SweeperOptions{Registerer: reg})
+
+	// Work stops when ctx ends; the relay outlives it so events of work finished during the drain
+	// still leave, and the admin server outlives both so /readyz reports the drain.
 	work, workCtx := errgroup.WithContext(ctx)
-	work.Go(func() error { return relay.Run(workCtx) })
+	work.Go(func() error { return server.Run(workCtx) })
+	work.Go(func() error { return sub.Run(workCtx) })
+	work.Go(func() error { return sweeper.Run(workCtx) })
+
+	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- relay.Run(relayCtx) }()
 
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- admin.Run(adminCtx, log) }()
 
-	log.Info("started")
+	log.Info("started", "queue", billingapi.Queue, "event_queue", subscriber.Queue,
+		"rate_tel", cfg.Policy.Rates[billing.DestinationTel], "rate_sip", cfg.Policy.Rates[billing.DestinationSIP],
+		"initial_balance", cfg.Policy.InitialBalance, "reserve_minutes", cfg.Policy.ReserveMinutes,
+		"reservation_ttl", cfg.Policy.ReservationTTL)
 	<-workCtx.Done()
 	admin.Drain()
 	log.Info("shutting down: finishing work in flight")
 	err = work.Wait()
+	stopRelay()
+	if rerr := <-relayDone; rerr != nil && err == nil {
+		err = rerr
+	}
 	stopAdmin()
 	if aerr := <-adminDone; aerr != nil && err == nil {
 		err = aerr

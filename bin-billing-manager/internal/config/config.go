@@ -2,6 +2,10 @@
 package config
 
 import (
+	"regexp"
+	"time"
+
+	"voipbin/bin-billing-manager/internal/billing"
 	"voipbin/pkg/envconf"
 )
 
@@ -12,7 +16,18 @@ type Config struct {
 	RedisAddress    string
 	AdminAddress    string
 	LogLevel        string
+
+	// Policy is the commercial configuration: currency, initial balance, rates, reservations.
+	Policy billing.Policy
+	// RPCWorkers bounds the requests served at once; EventWorkers the events handled at once.
+	RPCWorkers   int
+	EventWorkers int
 }
+
+// MaxRate bounds a rate per minute (1 000 units of the currency).
+const MaxRate = 1_000_000_000
+
+var currency = regexp.MustCompile(`^[A-Z]{3}$`)
 
 // Load reads and validates the configuration, reporting every problem in one error.
 func Load(getenv func(string) string) (Config, error) {
@@ -23,6 +38,22 @@ func Load(getenv func(string) string) (Config, error) {
 		RedisAddress:    r.HostPort("REDIS_ADDRESS", "", true),
 		AdminAddress:    r.HostPort("ADMIN_ADDRESS", "127.0.0.1:9102", false),
 		LogLevel:        r.String("LOG_LEVEL", "info", false),
+		Policy: billing.Policy{
+			Currency:       r.String("BILLING_CURRENCY", "USD", false),
+			InitialBalance: r.Int64("BILLING_INITIAL_BALANCE", 0, 0, billing.MaxAmount),
+			Rates: map[string]int64{
+				billing.DestinationTel: r.Int64("BILLING_RATE_TEL", 20_000, 0, MaxRate),
+				billing.DestinationSIP: r.Int64("BILLING_RATE_SIP", 5_000, 0, MaxRate),
+			},
+			ReserveMinutes: r.Int("BILLING_RESERVE_MINUTES", 1, 1, 24*60),
+			// The longest call (rtc-manager's max duration, 1 h by default) plus a grace period.
+			ReservationTTL: r.Duration("BILLING_RESERVATION_TTL", 70*time.Minute),
+		},
+		RPCWorkers:   r.Int("BILLING_RPC_WORKERS", 32, 1, 1024),
+		EventWorkers: r.Int("BILLING_EVENT_WORKERS", 8, 1, 256),
+	}
+	if !currency.MatchString(c.Policy.Currency) {
+		r.Fail("BILLING_CURRENCY", "%q is not a three-letter ISO 4217 code like USD", c.Policy.Currency)
 	}
 	return c, r.Err()
 }
