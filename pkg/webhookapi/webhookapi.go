@@ -100,6 +100,7 @@ const (
 	ErrReasonWebhookNotFound  = "WEBHOOK_NOT_FOUND"
 	ErrReasonDeliveryNotFound = "DELIVERY_NOT_FOUND"
 	ErrReasonTargetForbidden  = "WEBHOOK_TARGET_FORBIDDEN"
+	ErrReasonWebhookDisabled  = "WEBHOOK_DISABLED" // a retry asked of a disabled webhook (409)
 )
 
 // Client is the typed client of the webhook manager.

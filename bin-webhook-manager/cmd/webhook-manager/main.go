@@ -18,10 +18,17 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"voipbin/bin-webhook-manager/internal/config"
+	"voipbin/bin-webhook-manager/internal/mysql"
+	"voipbin/bin-webhook-manager/internal/netguard"
+	"voipbin/bin-webhook-manager/internal/rpcserver"
+	"voipbin/bin-webhook-manager/internal/sender"
+	"voipbin/bin-webhook-manager/internal/subscriber"
+	"voipbin/bin-webhook-manager/internal/webhook"
 	"voipbin/bin-webhook-manager/migrations"
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/event"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
 	"voipbin/pkg/telemetry"
 )
@@ -74,9 +81,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	})
 	relay := event.NewRelay(db, conn, "webhook_outbox", log, event.RelayOptions{Registerer: reg})
 
+	guard := netguard.New(cfg.AllowedNetworks, nil)
+	hooks := mysql.NewWebhookStore(db)
+	deliveries := mysql.NewDeliveryStore(db)
+	dispatcher := webhook.NewDispatcher(deliveries, sender.New(guard.Control), log, webhook.DispatcherOptions{
+		Workers:    cfg.Workers,
+		Interval:   cfg.PollInterval,
+		Timeout:    cfg.Timeout,
+		Policy:     webhook.Policy{Base: cfg.RetryBase, Max: cfg.RetryMax, Window: cfg.RetryWindow},
+		Registerer: reg,
+	})
+	svc := webhook.NewService(hooks, deliveries, guard, dispatcher.Kick)
+	fanout := webhook.NewFanout(deliveries, dispatcher.Kick)
+	rpcSrv := rpc.NewServer(conn, cfg.RPCQueue, log, rpc.ServerOptions{Registerer: reg})
+	rpcserver.New(svc).Register(rpcSrv)
+	events := subscriber.New(conn, log, subscriber.Options{Queue: cfg.EventQueue, Redis: rdb, Registerer: reg}, fanout.Handle)
+
 	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
 	work, workCtx := errgroup.WithContext(ctx)
 	work.Go(func() error { return relay.Run(workCtx) })
+	work.Go(func() error { return rpcSrv.Run(workCtx) })
+	work.Go(func() error { return events.Run(workCtx) })
+	work.Go(func() error { return dispatcher.Run(workCtx) })
 
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminDone := make(chan error, 1)
