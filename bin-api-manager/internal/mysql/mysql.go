@@ -141,7 +141,9 @@ func insertUser(ctx context.Context, x execer, u identity.User) error {
 }
 
 // CreateUser inserts a user.
-func (s *Store) CreateUser(ctx context.Context, u identity.User) error { return insertUser(ctx, s.db, u) }
+func (s *Store) CreateUser(ctx context.Context, u identity.User) error {
+	return insertUser(ctx, s.db, u)
+}
 
 // ---- customers --------------------------------------------------------------------------------
 

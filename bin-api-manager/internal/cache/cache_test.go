@@ -1,0 +1,142 @@
+package cache_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"voipbin/bin-api-manager/internal/cache"
+	"voipbin/bin-api-manager/internal/identity"
+	"voipbin/pkg/testenv"
+)
+
+// deadRedis is a client of an address where nothing listens.
+func deadRedis(t *testing.T) *redis.Client {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestAccessKeys(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Name("ak") + ":"
+	c := cache.NewAccessKeys(rdb, prefix, 300*time.Millisecond, testenv.Logger(t), nil)
+	k := identity.AccessKey{ID: uuid.NewString(), CustomerID: uuid.NewString(), UserID: uuid.NewString(), Name: "ci",
+		TokenHash: identity.HashAccessKey("vb_x"), Permission: identity.PermCustomerAdmin,
+		TMExpire: time.Now().UTC().Add(time.Hour).Truncate(time.Microsecond), TMCreate: time.Now().UTC().Truncate(time.Microsecond)}
+
+	if _, ok := c.Get(ctx, k.TokenHash); ok {
+		t.Fatal("empty cache hit")
+	}
+	c.Set(ctx, k)
+	got, ok := c.Get(ctx, k.TokenHash)
+	if !ok || got != k {
+		t.Fatalf("Get = %+v, %v; want %+v", got, ok, k)
+	}
+	c.Delete(ctx, k.TokenHash)
+	if _, ok := c.Get(ctx, k.TokenHash); ok {
+		t.Fatal("deleted key still cached")
+	}
+	c.Set(ctx, k)
+	testenv.Eventually(t, 5*time.Second, "the entry to expire", func() bool { _, ok := c.Get(ctx, k.TokenHash); return !ok })
+}
+
+func TestAccessKeysWithRedisDownMissAndCount(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := cache.NewAccessKeys(deadRedis(t), "ak:", time.Second, testenv.Logger(t), reg)
+	ctx := context.Background()
+	k := identity.AccessKey{ID: "x", TokenHash: identity.HashAccessKey("vb_y")}
+	c.Set(ctx, k)
+	if _, ok := c.Get(ctx, k.TokenHash); ok {
+		t.Fatal("hit without Redis")
+	}
+	c.Delete(ctx, k.TokenHash)
+	n, err := testutil.GatherAndCount(reg, "api_accesskey_cache_errors_total")
+	if err != nil || n != 1 {
+		t.Fatalf("metric series %d, %v", n, err)
+	}
+	mfs, _ := reg.Gather()
+	if v := mfs[0].GetMetric()[0].GetCounter().GetValue(); v != 3 {
+		t.Fatalf("errors counted %v, want 3", v)
+	}
+}
+
+func TestIdempotency(t *testing.T) {
+	ctx := context.Background()
+	s := cache.NewIdempotency(testenv.Redis(t), testenv.Name("idem")+":", time.Hour, time.Minute)
+
+	_, started, err := s.Begin(ctx, "k1", "h1")
+	if err != nil || !started {
+		t.Fatalf("first Begin = %v, %v; want started", started, err)
+	}
+	rec, started, err := s.Begin(ctx, "k1", "h1")
+	if err != nil || started || !rec.Pending || rec.Hash != "h1" {
+		t.Fatalf("Begin while pending = %+v, %v, %v", rec, started, err)
+	}
+	if err := s.Finish(ctx, "k1", cache.Record{Hash: "h1", Status: 201, Body: []byte(`{"calls":[]}`)}); err != nil {
+		t.Fatal(err)
+	}
+	rec, started, err = s.Begin(ctx, "k1", "h2")
+	if err != nil || started || rec.Pending || rec.Status != 201 || rec.Hash != "h1" || string(rec.Body) != `{"calls":[]}` {
+		t.Fatalf("Begin after Finish = %+v, %v, %v", rec, started, err)
+	}
+
+	if _, started, _ := s.Begin(ctx, "k2", "h"); !started {
+		t.Fatal("k2 not started")
+	}
+	if err := s.Abort(ctx, "k2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, started, _ := s.Begin(ctx, "k2", "h"); !started {
+		t.Fatal("an aborted key must be usable again")
+	}
+
+	dead := cache.NewIdempotency(deadRedis(t), "idem:", time.Hour, time.Minute)
+	if _, _, err := dead.Begin(ctx, "k", "h"); err == nil {
+		t.Fatal("Begin without Redis must fail")
+	}
+}
+
+func TestLimiter(t *testing.T) {
+	ctx := context.Background()
+	l := cache.NewLimiter(testenv.Redis(t), testenv.Name("rl")+":")
+	allowed := 0
+	var retry time.Duration
+	for range 10 {
+		ok, ra, err := l.Allow(ctx, "ip:1", 1, 5)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			allowed++
+		} else {
+			retry = ra
+		}
+	}
+	if allowed != 5 {
+		t.Fatalf("allowed %d of a burst of 10 with burst 5, want 5", allowed)
+	}
+	if retry <= 0 || retry > time.Second {
+		t.Fatalf("retry after %s, want within (0, 1s]", retry)
+	}
+	if ok, _, _ := l.Allow(ctx, "ip:2", 1, 5); !ok {
+		t.Fatal("another key shares the budget")
+	}
+	if _, _, err := cache.NewLimiter(deadRedis(t), "rl:").Allow(ctx, "k", 1, 1); err == nil {
+		t.Fatal("Allow without Redis must fail")
+	}
+}
