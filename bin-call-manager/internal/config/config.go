@@ -2,6 +2,8 @@
 package config
 
 import (
+	"time"
+
 	"voipbin/pkg/envconf"
 )
 
@@ -12,6 +14,29 @@ type Config struct {
 	RedisAddress    string
 	AdminAddress    string
 	LogLevel        string
+	Call            Call
+}
+
+// Call tunes the call lifecycle.
+type Call struct {
+	// DialTimeout is how long a destination may ring before the rtc node gives up (CANCEL,
+	// reason noanswer); sent with every dial unless the request sets its own. Whole seconds.
+	DialTimeout time.Duration
+	// MaxDuration is how long an answered call may last before the rtc node ends it (BYE, reason
+	// timeout). Whole seconds.
+	MaxDuration time.Duration
+	// ReaperGrace is how long past DialTimeout+MaxDuration the reaper waits for the rtc node to
+	// end a call before ending it itself (reason timeout).
+	ReaperGrace time.Duration
+	// ReaperInterval is how often the reaper looks for calls that are due.
+	ReaperInterval time.Duration
+	// ProbeInterval is how often the reaper asks a live call's rtc node whether it still has the
+	// dialog; two failed probes in a row end the call (reason failed).
+	ProbeInterval time.Duration
+	// RPCTimeout bounds each RPC to billing and rtc (gate, dial, hangup, probe).
+	RPCTimeout time.Duration
+	// CacheTTL is how long a call:<id> entry lives in Redis after its last write.
+	CacheTTL time.Duration
 }
 
 // Load reads and validates the configuration, reporting every problem in one error.
@@ -23,6 +48,31 @@ func Load(getenv func(string) string) (Config, error) {
 		RedisAddress:    r.HostPort("REDIS_ADDRESS", "", true),
 		AdminAddress:    r.HostPort("ADMIN_ADDRESS", "127.0.0.1:9101", false),
 		LogLevel:        r.String("LOG_LEVEL", "info", false),
+		Call: Call{
+			DialTimeout:    r.Duration("CALL_DIAL_TIMEOUT", 60*time.Second),
+			MaxDuration:    r.Duration("CALL_MAX_DURATION", time.Hour),
+			ReaperGrace:    r.Duration("CALL_REAPER_GRACE", 2*time.Minute),
+			ReaperInterval: r.Duration("CALL_REAPER_INTERVAL", 10*time.Second),
+			ProbeInterval:  r.Duration("CALL_PROBE_INTERVAL", 30*time.Second),
+			RPCTimeout:     r.Duration("CALL_RPC_TIMEOUT", 5*time.Second),
+			CacheTTL:       r.Duration("CALL_CACHE_TTL", time.Hour),
+		},
+	}
+	wholeSeconds := func(name string, d, lo, hi time.Duration) {
+		switch {
+		case d%time.Second != 0:
+			r.Fail(name, "must be whole seconds, got %s", d)
+		case d < lo || d > hi:
+			r.Fail(name, "%s is outside [%s, %s]", d, lo, hi)
+		}
+	}
+	wholeSeconds("CALL_DIAL_TIMEOUT", c.Call.DialTimeout, time.Second, 10*time.Minute)
+	wholeSeconds("CALL_MAX_DURATION", c.Call.MaxDuration, time.Second, 24*time.Hour)
+	if c.Call.RPCTimeout > time.Minute {
+		r.Fail("CALL_RPC_TIMEOUT", "%s is longer than 1m", c.Call.RPCTimeout)
+	}
+	if c.Call.ReaperInterval > c.Call.ProbeInterval {
+		r.Fail("CALL_REAPER_INTERVAL", "%s is longer than CALL_PROBE_INTERVAL (%s): probes would run late", c.Call.ReaperInterval, c.Call.ProbeInterval)
 	}
 	return c, r.Err()
 }

@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoad(t *testing.T) {
@@ -21,16 +22,33 @@ func TestLoad(t *testing.T) {
 		}
 		return func(k string) string { return m[k] }
 	}
+	defaults := Call{DialTimeout: 60 * time.Second, MaxDuration: time.Hour, ReaperGrace: 2 * time.Minute,
+		ReaperInterval: 10 * time.Second, ProbeInterval: 30 * time.Second, RPCTimeout: 5 * time.Second, CacheTTL: time.Hour}
 	tests := []struct {
-		name    string
-		env     map[string]string
-		wantErr []string // every variable the error must name; nil means valid
+		name     string
+		env      map[string]string
+		wantCall *Call    // checked when set
+		wantErr  []string // every variable the error must name; nil means valid
 	}{
-		{name: "valid", env: nil},
+		{name: "valid with defaults", env: nil, wantCall: &defaults},
+		{name: "call settings", env: map[string]string{"CALL_DIAL_TIMEOUT": "30s", "CALL_MAX_DURATION": "2h",
+			"CALL_REAPER_GRACE": "5m", "CALL_REAPER_INTERVAL": "1s", "CALL_PROBE_INTERVAL": "15s",
+			"CALL_RPC_TIMEOUT": "2s", "CALL_CACHE_TTL": "10m"},
+			wantCall: &Call{DialTimeout: 30 * time.Second, MaxDuration: 2 * time.Hour, ReaperGrace: 5 * time.Minute,
+				ReaperInterval: time.Second, ProbeInterval: 15 * time.Second, RPCTimeout: 2 * time.Second, CacheTTL: 10 * time.Minute}},
 		{name: "all missing", env: map[string]string{"DATABASE_DSN": "", "RABBITMQ_ADDRESS": "", "REDIS_ADDRESS": ""},
 			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS"}},
-		{name: "all malformed", env: map[string]string{"DATABASE_DSN": "nonsense", "RABBITMQ_ADDRESS": "http://x/", "REDIS_ADDRESS": "no-port", "ADMIN_ADDRESS": "x"},
-			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS", "ADMIN_ADDRESS"}},
+		{name: "all malformed", env: map[string]string{"DATABASE_DSN": "nonsense", "RABBITMQ_ADDRESS": "http://x/", "REDIS_ADDRESS": "no-port", "ADMIN_ADDRESS": "x",
+			"CALL_DIAL_TIMEOUT": "soon", "CALL_MAX_DURATION": "-1h", "CALL_REAPER_GRACE": "0s", "CALL_REAPER_INTERVAL": "x",
+			"CALL_PROBE_INTERVAL": "1", "CALL_RPC_TIMEOUT": "-3s", "CALL_CACHE_TTL": "forever"},
+			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS", "ADMIN_ADDRESS", "CALL_DIAL_TIMEOUT",
+				"CALL_MAX_DURATION", "CALL_REAPER_GRACE", "CALL_REAPER_INTERVAL", "CALL_PROBE_INTERVAL", "CALL_RPC_TIMEOUT", "CALL_CACHE_TTL"}},
+		{name: "durations not whole seconds", env: map[string]string{"CALL_DIAL_TIMEOUT": "1500ms", "CALL_MAX_DURATION": "90.5s"},
+			wantErr: []string{"CALL_DIAL_TIMEOUT", "CALL_MAX_DURATION"}},
+		{name: "durations out of range", env: map[string]string{"CALL_DIAL_TIMEOUT": "11m", "CALL_MAX_DURATION": "25h", "CALL_RPC_TIMEOUT": "2m"},
+			wantErr: []string{"CALL_DIAL_TIMEOUT", "CALL_MAX_DURATION", "CALL_RPC_TIMEOUT"}},
+		{name: "reaper slower than probes", env: map[string]string{"CALL_REAPER_INTERVAL": "1m", "CALL_PROBE_INTERVAL": "30s"},
+			wantErr: []string{"CALL_REAPER_INTERVAL"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -41,6 +59,9 @@ func TestLoad(t *testing.T) {
 				}
 				if !strings.Contains(cfg.DatabaseDSN, "interpolateParams=true") {
 					t.Fatalf("DSN %q lacks interpolateParams=true", cfg.DatabaseDSN)
+				}
+				if tt.wantCall != nil && cfg.Call != *tt.wantCall {
+					t.Fatalf("Call = %+v, want %+v", cfg.Call, *tt.wantCall)
 				}
 				return
 			}
