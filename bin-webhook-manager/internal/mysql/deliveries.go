@@ -338,9 +338,13 @@ func (s *DeliveryStore) Record(ctx context.Context, c webhook.Claim, a webhook.A
 	hook, _ := uid(c.WebhookID)
 	tok, _ := uid(c.Token)
 	now := time.Now().UTC()
+	response := a.Response
+	if response == nil {
+		response = []byte{}
+	}
 	return inTx(ctx, s.db, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "INSERT INTO webhook_attempts (delivery_id, tm_attempt, http_status, latency_ms, error, response) VALUES (?, ?, ?, ?, ?, ?)",
-			id, a.At, a.HTTPStatus, a.Latency.Milliseconds(), a.Error, a.Response); err != nil {
+			id, a.At, a.HTTPStatus, a.Latency.Milliseconds(), a.Error, response); err != nil {
 			return fmt.Errorf("insert attempt: %w", err)
 		}
 		next := dec.NextAttempt
