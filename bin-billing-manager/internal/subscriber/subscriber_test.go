@@ -190,7 +190,7 @@ func TestCustomerCreatedOpensOneAccount(t *testing.T) {
 	cus := uuid.NewString()
 	first := customerCreated(t, cus)
 	s.publish(t, event.ExchangeCustomer, first)
-	s.publish(t, event.ExchangeCustomer, first)                  // redelivered copy
+	s.publish(t, event.ExchangeCustomer, first)                   // redelivered copy
 	s.publish(t, event.ExchangeCustomer, customerCreated(t, cus)) // a second event for the same customer
 	s.waitConsumed(t, 3)
 
