@@ -192,8 +192,8 @@ func toAPI(err error) error {
 	case errors.As(err, &fe):
 		return apierr.Invalid(fe.Field, fe.Description)
 	case errors.Is(err, webhook.ErrTargetForbidden):
-		return apierr.New(apierr.InvalidArgument, webhookapi.ErrReasonTargetForbidden,
-			"uri: the target is not allowed: "+err.Error()).WithDetails(apierr.Detail{"field": "uri", "description": err.Error()})
+		return apierr.New(apierr.InvalidArgument, webhookapi.ErrReasonTargetForbidden, "uri: "+err.Error()).
+			WithDetails(apierr.Detail{"field": "uri", "description": err.Error()})
 	case errors.Is(err, webhook.ErrNotFound):
 		return apierr.New(apierr.NotFound, webhookapi.ErrReasonWebhookNotFound, "webhook not found")
 	case errors.Is(err, webhook.ErrDeliveryNotFound):

@@ -1,0 +1,112 @@
+package subscriber_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"voipbin/bin-webhook-manager/internal/mysql"
+	"voipbin/bin-webhook-manager/internal/subscriber"
+	"voipbin/bin-webhook-manager/internal/webhook"
+	"voipbin/bin-webhook-manager/migrations"
+	"voipbin/pkg/amqp"
+	"voipbin/pkg/event"
+	"voipbin/pkg/migrate"
+	"voipbin/pkg/testenv"
+)
+
+func publish(t *testing.T, conn *amqp.Conn, exchange string, ev event.Event) {
+	t.Helper()
+	b, _ := json.Marshal(ev)
+	err := conn.Publish(context.Background(), exchange, event.RoutingKey(ev.CustomerID, ev.EventType),
+		amqp.Publishing{ContentType: "application/json", DeliveryMode: amqp.Persistent, MessageId: ev.EventID, Body: b}, amqp.PublishOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Events published to the real call.events and billing.events exchanges become deliveries in
+// MySQL, once each however often they arrive.
+func TestEventsBecomeDeliveries(t *testing.T) {
+	ctx := context.Background()
+	db := testenv.MySQL(t)
+	if _, err := migrate.Up(ctx, db, migrations.FS, "webhook", testenv.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	conn := testenv.Rabbit(t)
+	queue := testenv.Name("webhook-events")
+	testenv.DeleteQueuesAtCleanup(t, conn, queue, event.DeadQueue(queue))
+	rdb := testenv.Redis(t)
+
+	customer := uuid.NewString()
+	hooks := mysql.NewWebhookStore(db)
+	secret, _ := webhook.NewSecret()
+	now := time.Now().UTC()
+	for _, types := range [][]string{{"call.*"}, {"billing.charged"}} {
+		if err := hooks.Create(ctx, webhook.Webhook{ID: uuid.NewString(), CustomerID: customer, URI: "https://example.com/", Method: "POST",
+			EventTypes: types, Status: webhook.StatusEnabled, Secret: secret, TMCreate: now, TMUpdate: now}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliveries := mysql.NewDeliveryStore(db)
+	sub := subscriber.New(conn, testenv.Logger(t), subscriber.Options{Queue: queue, Redis: rdb}, webhook.NewFanout(deliveries, nil).Handle)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = sub.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.Eventually(t, 10*time.Second, "the queue bound and consumed", func() bool {
+		ch, err := conn.Channel(ctx)
+		if err != nil {
+			return false
+		}
+		defer ch.Close()
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		return err == nil && q.Consumers > 0
+	})
+
+	call := uuid.NewString()
+	created, _ := event.New("call.created", customer, "call", call, 1, map[string]any{"id": call, "call_id": call})
+	charged, _ := event.New("billing.charged", customer, "billing", uuid.NewString(), 1, map[string]any{"amount": 1})
+	account, _ := event.New("billing.account_updated", customer, "billing_account", uuid.NewString(), 1, map[string]any{})
+	other, _ := event.New("call.created", uuid.NewString(), "call", uuid.NewString(), 1, map[string]any{})
+	publish(t, conn, event.ExchangeCall, created)
+	publish(t, conn, event.ExchangeCall, created) // redelivered
+	publish(t, conn, event.ExchangeBilling, charged)
+	publish(t, conn, event.ExchangeBilling, account) // no webhook wants it
+	publish(t, conn, event.ExchangeCall, other)      // another customer's
+
+	count := func() int {
+		var n int
+		_ = db.QueryRow("SELECT COUNT(*) FROM webhook_deliveries").Scan(&n)
+		return n
+	}
+	testenv.Eventually(t, 10*time.Second, "two deliveries", func() bool { return count() >= 2 })
+	// A sentinel event after the others: once it is recorded, every earlier one was handled.
+	sentinel, _ := event.New("call.ended", customer, "call", call, 2, map[string]any{})
+	publish(t, conn, event.ExchangeCall, sentinel)
+	testenv.Eventually(t, 10*time.Second, "the sentinel's delivery", func() bool { return count() >= 3 })
+	rows, err := db.Query("SELECT event_type, payload FROM webhook_deliveries ORDER BY tm_create")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var types []string
+	for rows.Next() {
+		var typ string
+		var payload []byte
+		if err := rows.Scan(&typ, &payload); err != nil {
+			t.Fatal(err)
+		}
+		var ev event.Event
+		if err := json.Unmarshal(payload, &ev); err != nil || ev.EventType != typ || ev.CustomerID != customer {
+			t.Fatalf("payload %s is not the envelope of a %s event", payload, typ)
+		}
+		types = append(types, typ)
+	}
+	if len(types) != 3 || types[0] != "call.created" || types[1] != "billing.charged" || types[2] != "call.ended" {
+		t.Fatalf("deliveries of %v, want call.created, billing.charged, call.ended once each", types)
+	}
+}
