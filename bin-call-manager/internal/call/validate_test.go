@@ -85,7 +85,9 @@ func TestValidateCreate(t *testing.T) {
 			}
 		}, "destinations"},
 		{"second destination bad", func(r *callapi.CreateRequest) { r.Destinations[1].Target = "nobody" }, "destinations[1].target"},
-		{"metadata too big", func(r *callapi.CreateRequest) { r.Metadata = map[string]any{"x": strings.Repeat("y", MaxMetadataBytes)} }, "metadata"},
+		{"metadata too big", func(r *callapi.CreateRequest) {
+			r.Metadata = map[string]any{"x": strings.Repeat("y", MaxMetadataBytes)}
+		}, "metadata"},
 		{"metadata not JSON", func(r *callapi.CreateRequest) { r.Metadata = map[string]any{"f": func() {}} }, "metadata"},
 		{"negative timeout", func(r *callapi.CreateRequest) { r.Timeout = -1 }, "timeout"},
 		{"timeout too long", func(r *callapi.CreateRequest) { r.Timeout = MaxRequestTimeout + 1 }, "timeout"},
