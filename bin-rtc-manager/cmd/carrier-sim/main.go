@@ -1,0 +1,40 @@
+// Command carrier-sim is the SIP carrier simulator of the local stack (see internal/carrier for
+// the number plan). It listens on CARRIER_LISTEN_ADDRESS (default 127.0.0.1:5080), UDP and TCP.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"voipbin/bin-rtc-manager/internal/carrier"
+	"voipbin/pkg/envconf"
+	"voipbin/pkg/telemetry"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Getenv, os.Stderr); err != nil {
+		fmt.Fprintf(os.Stderr, "carrier-sim: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
+	r := envconf.New(getenv)
+	addr := r.HostPort("CARRIER_LISTEN_ADDRESS", "127.0.0.1:5080", false)
+	level := r.String("LOG_LEVEL", "info", false)
+	if err := r.Err(); err != nil {
+		return err
+	}
+	log := telemetry.NewLogger(stderr, "carrier-sim", telemetry.ParseLevel(level))
+	s, err := carrier.New(addr, log)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
+}
