@@ -147,7 +147,8 @@ func scanAccount(sc interface{ Scan(...any) error }, extra ...any) (billing.Acco
 	return a, nil
 }
 
-// Update locks the account and writes decide's change in one transaction.
+// Update locks the account and writes decide's change in one transaction: BEGIN, the lock, one
+// read of what the decision needs, the writes, COMMIT.
 func (s *Store) Update(ctx context.Context, ref billing.Ref, callID string, now time.Time, decide func(billing.Locked) (billing.Change, error)) error {
 	return s.inTx(ctx, func(tx *sql.Tx) (bool, error) {
 		where, key := "customer_id = ?", ref.CustomerID
@@ -161,24 +162,9 @@ func (s *Store) Update(ctx context.Context, ref billing.Ref, callID string, now 
 		if err != nil {
 			return false, fmt.Errorf("lock account: %w", err)
 		}
-		accountID := mustBin(a.ID)
-		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(SUM(amount), 0) FROM billing_reservations
-			WHERE account_id = ? AND tm_release IS NULL AND tm_expire > ?`, accountID, now).Scan(&a.Reserved); err != nil {
-			return false, fmt.Errorf("sum reservations: %w", err)
-		}
-		l := billing.Locked{Account: a}
-		if callID != "" {
-			if l.Reservation, err = reservation(ctx, tx, callID, a.ID); err != nil {
-				return false, err
-			}
-			var one int
-			err := tx.QueryRowContext(ctx, "SELECT 1 FROM billing_ledger WHERE call_id = ?", mustBin(callID)).Scan(&one)
-			switch {
-			case err == nil:
-				l.Charged = true
-			case !errors.Is(err, sql.ErrNoRows):
-				return false, fmt.Errorf("read ledger: %w", err)
-			}
+		l, err := lockedState(ctx, tx, a, callID, now)
+		if err != nil {
+			return false, err
 		}
 		ch, err := decide(l)
 		if err != nil {
@@ -188,29 +174,47 @@ func (s *Store) Update(ctx context.Context, ref billing.Ref, callID string, now 
 	})
 }
 
-// reservation reads and locks the call's reservation row if it is the account's or a tombstone.
-func reservation(ctx context.Context, tx *sql.Tx, callID, accountID string) (*billing.Reservation, error) {
-	var r billing.Reservation
-	var call, account []byte
-	var reason sql.NullString
-	err := tx.QueryRowContext(ctx, `SELECT call_id, account_id, destination_type, amount, rate_per_minute, tm_create, tm_expire, tm_release, release_reason
-		FROM billing_reservations WHERE call_id = ? FOR UPDATE`, mustBin(callID)).
-		Scan(&call, &account, &r.DestinationType, &r.Amount, &r.RatePerMinute, &r.TMCreate, &r.TMExpire, &r.TMRelease, &reason)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, nil
-	}
+// lockedState reads, in one statement after the account's lock is held (so it sees every commit
+// made before), the account's active reservations, the call's reservation and whether the call is
+// in the ledger. The reservation row is not locked: a release racing with the decision either
+// makes the gate's insert collide (ErrReservationReleased) or finds the row released already.
+func lockedState(ctx context.Context, tx *sql.Tx, a billing.Account, callID string, now time.Time) (billing.Locked, error) {
+	call := nullBin(callID) // NULL matches nothing
+	var (
+		reserved               int64
+		charged                bool
+		rCall, rAccount        []byte
+		rDest, rReason         sql.NullString
+		rAmount, rRate         sql.NullInt64
+		rCreate, rExpire, rRel sql.NullTime
+	)
+	err := tx.QueryRowContext(ctx, `SELECT
+		(SELECT COALESCE(SUM(amount), 0) FROM billing_reservations WHERE account_id = ? AND tm_release IS NULL AND tm_expire > ?),
+		EXISTS (SELECT 1 FROM billing_ledger WHERE call_id = ?),
+		r.call_id, r.account_id, r.destination_type, r.amount, r.rate_per_minute, r.tm_create, r.tm_expire, r.tm_release, r.release_reason
+		FROM (SELECT 1 AS one) AS x LEFT JOIN billing_reservations r ON r.call_id = ?`,
+		mustBin(a.ID), now, call, call).
+		Scan(&reserved, &charged, &rCall, &rAccount, &rDest, &rAmount, &rRate, &rCreate, &rExpire, &rRel, &rReason)
 	if err != nil {
-		return nil, fmt.Errorf("read reservation: %w", err)
+		return billing.Locked{}, fmt.Errorf("read reservations and ledger: %w", err)
 	}
-	r.CallID, r.ReleaseReason = str(call), reason.String
-	if account != nil {
-		r.AccountID = str(account)
-		if r.AccountID != accountID {
-			// Another customer's call id: this account knows nothing of it.
-			return nil, nil
+	a.Reserved = reserved
+	l := billing.Locked{Account: a, Charged: charged}
+	if rCall == nil {
+		return l, nil
+	}
+	r := billing.Reservation{CallID: str(rCall), DestinationType: rDest.String, Amount: rAmount.Int64,
+		RatePerMinute: rRate.Int64, TMCreate: rCreate.Time, TMExpire: rExpire.Time, ReleaseReason: rReason.String}
+	if rRel.Valid {
+		r.TMRelease = &rRel.Time
+	}
+	if rAccount != nil {
+		if r.AccountID = str(rAccount); r.AccountID != a.ID {
+			return l, nil // another customer's call id: this account knows nothing of it
 		}
 	}
-	return &r, nil
+	l.Reservation = &r
+	return l, nil
 }
 
 func (s *Store) apply(ctx context.Context, tx *sql.Tx, accountID, callID string, ch billing.Change) error {
