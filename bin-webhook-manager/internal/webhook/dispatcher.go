@@ -219,9 +219,15 @@ func (d *Dispatcher) attempt(ctx context.Context, c Claim) {
 	if dec.Outcome != OutcomeSucceeded {
 		lvl = slog.LevelInfo
 	}
-	d.log.Log(ctx, lvl, "delivery attempt", "delivery_id", c.ID, "event_id", c.EventID, "event_type", c.EventType,
-		"webhook", c.Webhook, "http_status", res.StatusCode, "latency_ms", res.Latency.Milliseconds(),
-		"result", dec.Outcome, "error", a.Error, "next_attempt", dec.NextAttempt)
+	attrs := []any{"delivery_id", c.ID, "event_id", c.EventID, "event_type", c.EventType, "webhook", c.Webhook,
+		"http_status", res.StatusCode, "latency_ms", res.Latency.Milliseconds(), "result", dec.Outcome}
+	if a.Error != "" {
+		attrs = append(attrs, "error", a.Error)
+	}
+	if dec.Status == DeliveryPending {
+		attrs = append(attrs, "next_attempt", dec.NextAttempt)
+	}
+	d.log.Log(ctx, lvl, "delivery attempt", attrs...)
 	if dec.Disable {
 		d.log.WarnContext(ctx, "webhook answered 410 Gone; disabled", "webhook", c.Webhook)
 	}
