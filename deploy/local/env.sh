@@ -32,6 +32,9 @@ export DATABASE_DSN RABBITMQ_ADDRESS REDIS_ADDRESS LOG_LEVEL
 
 # billing-manager: starting balance of a new customer, in micro-USD (10 USD).
 : "${BILLING_INITIAL_BALANCE:=10000000}"
+# billing-manager: price per started minute, in micro-USD, by destination type (0.02 and 0.005 USD).
+: "${BILLING_RATE_TEL:=20000}"
+: "${BILLING_RATE_SIP:=5000}"
 
 # carrier-sim, the SIP carrier simulator that RTC_TEL_TRUNK_URI points at.
 : "${CARRIER_LISTEN_ADDRESS:=127.0.0.1:5080}"

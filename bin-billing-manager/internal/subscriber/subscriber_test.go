@@ -38,6 +38,14 @@ type stack struct {
 // process's own RabbitMQ virtual host, and listens to billing.events.
 func newStack(t *testing.T, initial int64) *stack {
 	t.Helper()
+	s := startStack(t, initial, 4)
+	s.billed = listen(t, s.conn, event.ExchangeBilling)
+	return s
+}
+
+// startStack is newStack without the listener, with workers handling events at once.
+func startStack(t testing.TB, initial int64, workers int) *stack {
+	t.Helper()
 	db := testenv.MySQL(t)
 	log := testenv.Logger(t)
 	if _, err := migrate.Up(context.Background(), db, migrations.FS, "billing", log); err != nil {
@@ -51,11 +59,15 @@ func newStack(t *testing.T, initial int64) *stack {
 		InitialBalance: initial, Rates: map[string]int64{"tel": rateTel, "sip": 0}, ReserveMinutes: 1, ReservationTTL: time.Hour}})
 	h := subscriber.New(subscriber.Deps{Opener: svc, Charger: svc, Log: log, Registerer: reg})
 	sub := event.NewSubscriber(conn, log, event.SubscriberOptions{Queue: subscriber.Queue, Bindings: subscriber.Bindings(),
-		Workers: 4, MaxAttempts: 3, Backoff: 10 * time.Millisecond, Registerer: reg,
+		Workers: workers, MaxAttempts: 3, Backoff: 10 * time.Millisecond, Registerer: reg,
 		Dedupe: event.NewRedisDeduper(testenv.Redis(t), testenv.Name("billing")+":", time.Minute)}, h.Handle)
 	testenv.DeleteQueuesAtCleanup(t, conn, subscriber.Queue, event.DeadQueue(subscriber.Queue))
 
-	s := &stack{db: db, conn: conn, svc: svc, reg: reg, billed: listen(t, conn, event.ExchangeBilling)}
+	// The relay publishes to billing.events, which main declares.
+	if err := conn.Declare(context.Background(), func(ch *amqp.Channel) error { return event.DeclareExchange(ch, event.ExchangeBilling) }); err != nil {
+		t.Fatal(err)
+	}
+	s := &stack{db: db, conn: conn, svc: svc, reg: reg}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
 	go func() { _ = sub.Run(ctx); done <- struct{}{} }()
@@ -173,7 +185,7 @@ func customerCreated(t *testing.T, id string) event.Event {
 	return ev
 }
 
-func callEnded(t *testing.T, customerID, callID, destType string, duration int) event.Event {
+func callEnded(t testing.TB, customerID, callID, destType string, duration int) event.Event {
 	c := callapi.Call{ID: callID, CustomerID: customerID, Status: callapi.StatusHangup, Direction: callapi.DirectionOutgoing,
 		Source:      callapi.Address{Type: "tel", Target: "+15550000001"},
 		Destination: callapi.Address{Type: destType, Target: "+15550000002"}, Duration: duration,
