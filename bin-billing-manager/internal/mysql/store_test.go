@@ -600,3 +600,23 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric %s", name)
 	return 0
 }
+
+// TestGateArrivingAfterCallEndedIsRefused: a gate request that arrives after its call's
+// call.ended (out of order, or redelivered) must not hold money for a call that is over.
+func TestGateArrivingAfterCallEndedIsRefused(t *testing.T) {
+	e := newEnv(t, policy(10*rateTel))
+	cus, acc := e.customer(t)
+	for _, d := range []int{0, 30} {
+		call := uuid.NewString()
+		if _, err := e.svc.ChargeCall(bg(), billing.CallEnded{CallID: call, CustomerID: cus, DestinationType: "tel", Duration: d}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.svc.Gate(bg(), billing.GateRequest{CustomerID: cus, CallID: call, DestinationType: "tel"})
+		if !errors.Is(err, billing.ErrReservationReleased) {
+			t.Fatalf("duration %d: late gate = %v, want ErrReservationReleased", d, err)
+		}
+	}
+	if a := e.account(t, acc.ID); a.Reserved != 0 || a.Balance != 9*rateTel {
+		t.Fatalf("account = %+v", a)
+	}
+}

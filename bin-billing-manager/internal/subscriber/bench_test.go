@@ -22,7 +22,7 @@ import (
 //
 //	go test ./bin-billing-manager/internal/subscriber -run '^$' -bench ChargeEvents -count 6
 func BenchmarkChargeEvents(b *testing.B) {
-	s := startStack(b, 1_000_000_000_000, 8)
+	s := startStack(b, stackOptions{initial: 1_000_000_000_000, workers: 8})
 	const callsPerAccount = 200
 	b.Run("8-workers", func(b *testing.B) {
 		customers := make([]string, b.N/callsPerAccount+8)

@@ -4,11 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"voipbin/bin-billing-manager/internal/billing"
 	"voipbin/bin-billing-manager/internal/mysql"
@@ -38,20 +40,34 @@ type stack struct {
 // process's own RabbitMQ virtual host, and listens to billing.events.
 func newStack(t *testing.T, initial int64) *stack {
 	t.Helper()
-	s := startStack(t, initial, 4)
+	s := startStack(t, stackOptions{initial: initial, workers: 4})
 	s.billed = listen(t, s.conn, event.ExchangeBilling)
 	return s
 }
 
-// startStack is newStack without the listener, with workers handling events at once.
-func startStack(t testing.TB, initial int64, workers int) *stack {
+type stackOptions struct {
+	initial int64
+	workers int
+	conn    *amqp.Conn    // default testenv.Rabbit
+	redis   *redis.Client // default testenv.Redis
+}
+
+// startStack is newStack without the listener.
+func startStack(t testing.TB, o stackOptions) *stack {
 	t.Helper()
 	db := testenv.MySQL(t)
 	log := testenv.Logger(t)
 	if _, err := migrate.Up(context.Background(), db, migrations.FS, "billing", log); err != nil {
 		t.Fatal(err)
 	}
-	conn := testenv.Rabbit(t)
+	conn, rdb := o.conn, o.redis
+	if conn == nil {
+		conn = testenv.Rabbit(t)
+	}
+	if rdb == nil {
+		rdb = testenv.Redis(t)
+	}
+	initial, workers := o.initial, o.workers
 	reg := prometheus.NewRegistry()
 	relay := event.NewRelay(db, conn, mysql.OutboxTable, log, event.RelayOptions{})
 	store := mysql.NewStore(db, mysql.Options{OnCommit: relay.Kick})
@@ -60,7 +76,7 @@ func startStack(t testing.TB, initial int64, workers int) *stack {
 	h := subscriber.New(subscriber.Deps{Opener: svc, Charger: svc, Log: log, Registerer: reg})
 	sub := event.NewSubscriber(conn, log, event.SubscriberOptions{Queue: subscriber.Queue, Bindings: subscriber.Bindings(),
 		Workers: workers, MaxAttempts: 3, Backoff: 10 * time.Millisecond, Registerer: reg,
-		Dedupe: event.NewRedisDeduper(testenv.Redis(t), testenv.Name("billing")+":", time.Minute)}, h.Handle)
+		Dedupe: event.NewRedisDeduper(rdb, testenv.Name("billing")+":", time.Minute)}, h.Handle)
 	testenv.DeleteQueuesAtCleanup(t, conn, subscriber.Queue, event.DeadQueue(subscriber.Queue))
 
 	// The relay publishes to billing.events, which main declares.
@@ -333,5 +349,75 @@ func TestUnusableEventsAreDeadLetteredNotDropped(t *testing.T) {
 	}
 	if n := s.count(t, "SELECT COUNT(*) FROM billing_ledger WHERE kind = 'call'"); n != 0 {
 		t.Fatalf("%d charges from unusable events", n)
+	}
+}
+
+// closedAddress is a local address nobody listens on.
+func closedAddress(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestRedisDownStillChargesOnce: Redis only saves work; with it down, duplicates reach the
+// handler and the ledger's unique call id still charges once.
+func TestRedisDownStillChargesOnce(t *testing.T) {
+	down := redis.NewClient(&redis.Options{Addr: closedAddress(t), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { _ = down.Close() })
+	s := startStack(t, stackOptions{initial: 1_000_000, workers: 4, redis: down})
+	cus, call := uuid.NewString(), uuid.NewString()
+	s.publish(t, event.ExchangeCustomer, customerCreated(t, cus))
+	s.waitConsumed(t, 1)
+	ended := callEnded(t, cus, call, "tel", 10)
+	for range 3 {
+		s.publish(t, event.ExchangeCall, ended)
+	}
+	s.waitConsumed(t, 4)
+	if n := s.count(t, "SELECT COUNT(*) FROM billing_ledger WHERE kind = 'call'"); n != 1 {
+		t.Fatalf("%d charges, want 1", n)
+	}
+	if b := s.count(t, "SELECT balance FROM billing_accounts"); b != 1_000_000-rateTel {
+		t.Fatalf("balance %d", b)
+	}
+}
+
+// TestBrokerConnectionLossIsSurvived: after every connection to the broker is force-closed, the
+// subscriber resumes and the relay publishes the charge's events once it is back.
+func TestBrokerConnectionLossIsSurvived(t *testing.T) {
+	url, vhost := testenv.RabbitVhost(t)
+	conn := testenv.DialRabbit(t, url)
+	s := startStack(t, stackOptions{initial: 1_000_000, workers: 2, conn: conn})
+	cus := uuid.NewString()
+	if _, err := s.svc.OpenAccount(context.Background(), cus); err != nil {
+		t.Fatal(err)
+	}
+
+	testenv.CloseAllConnections(t, vhost)
+	billed := listen(t, testenv.DialRabbit(t, url), event.ExchangeBilling)
+	call := uuid.NewString()
+	testenv.Eventually(t, 20*time.Second, "the subscriber to consume again", func() bool {
+		ch, err := conn.Channel(context.Background())
+		if err != nil {
+			return false
+		}
+		defer ch.Close()
+		q, err := ch.QueueDeclarePassive(subscriber.Queue, true, false, false, false, nil)
+		return err == nil && q.Consumers > 0
+	})
+	s.publish(t, event.ExchangeCall, callEnded(t, cus, call, "tel", 61))
+	for {
+		select {
+		case ev := <-billed:
+			if ev.EventType == billingapi.EventCharged {
+				return
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("billing.charged not published after the connection loss")
+		}
 	}
 }
