@@ -53,19 +53,27 @@ const (
 
 // GateRequest asks whether a customer may start a call to a destination type; on yes the billing
 // manager holds a reservation for the call until its call.ended is charged (or it is released).
+// The reservation is BILLING_RESERVE_MINUTES (default 1) at the destination's rate, and the answer
+// is yes only if the account's balance minus the reservations of its calls in progress covers it,
+// so a balance covering one minute lets one call through however many ask at once. Asking again
+// for the same call_id gives the same answer without reserving twice; asking for a call whose
+// reservation was released or charged is 409 FAILED_PRECONDITION/RESERVATION_RELEASED. A customer
+// without an account is 402 like one without money. Bad input is 400 INVALID_ARGUMENT with the
+// field in details.
 type GateRequest struct {
 	CustomerID      string `json:"customer_id"`
 	CallID          string `json:"call_id"`
 	DestinationType string `json:"destination_type"`
 }
 
-// GateResponse is the yes; a no is 402 PAYMENT_REQUIRED/INSUFFICIENT_BALANCE with details.
+// GateResponse is the yes; a no is 402 PAYMENT_REQUIRED/INSUFFICIENT_BALANCE with one detail
+// {"balance","reserved","required"} in micro-units.
 type GateResponse struct {
 	Allowed  bool  `json:"allowed"`
 	Reserved int64 `json:"reserved"`
 }
 
-// BalanceAddRequest is the body of the superadmin top-up.
+// BalanceAddRequest is the body of the superadmin top-up: 0 < amount ≤ 10^12 micro-units.
 type BalanceAddRequest struct {
 	Amount int64 `json:"amount"`
 }
@@ -77,7 +85,8 @@ type AccountList struct {
 	NextPageToken string    `json:"next_page_token,omitempty"`
 }
 
-// BillingList is the reply of GET /v1/billings, newest first.
+// BillingList is the reply of GET /v1/billings, newest first. The route takes customer_id,
+// page_size (≤ 100, default 50) and page_token.
 type BillingList struct {
 	Result        []Billing `json:"result"`
 	NextPageToken string    `json:"next_page_token,omitempty"`
@@ -121,7 +130,8 @@ func (c *Client) Gate(ctx context.Context, req GateRequest) (GateResponse, error
 	return out, err
 }
 
-// Release drops the reservation of a call that was never placed.
+// Release drops the reservation of a call that was never placed. It is idempotent, and a gate
+// request for the call that arrives after it is refused (RESERVATION_RELEASED).
 func (c *Client) Release(ctx context.Context, callID string) error {
 	return rpc.Do(ctx, c.rpc, Queue, "DELETE", "/v1/reservations/"+url.PathEscape(callID), nil, nil)
 }
