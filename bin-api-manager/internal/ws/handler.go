@@ -144,7 +144,7 @@ func NewHandler(d Deps) *Handler {
 	h.bindings = newBindings(h.sub, h.opts.Exchanges, func(delta int) { h.metrics.bindings.Add(float64(delta)) })
 	h.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
-		WriteBufferPool:  &sync.Pool{}, // idle connections hold no write buffer
+		WriteBufferPool:  &sync.Pool{},                             // idle connections hold no write buffer
 		CheckOrigin:      func(*http.Request) bool { return true }, // checked before, with a JSON answer
 		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
 			code := ReasonHandshakeInvalid
