@@ -1,0 +1,391 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+
+	"voipbin/bin-api-manager/internal/cache"
+	"voipbin/bin-api-manager/internal/identity"
+	"voipbin/pkg/apierr"
+	"voipbin/pkg/callapi"
+	"voipbin/pkg/telemetry"
+)
+
+// CallManager is what the call routes need of callapi.Client.
+type CallManager interface {
+	Create(ctx context.Context, req callapi.CreateRequest) ([]callapi.Call, error)
+	List(ctx context.Context, q callapi.ListQuery) (callapi.ListResponse, error)
+	Get(ctx context.Context, customerID, id string) (callapi.Call, error)
+	Hangup(ctx context.Context, customerID, id string) (callapi.Call, error)
+	Delete(ctx context.Context, customerID, id string) (callapi.Call, error)
+}
+
+// calls serves /v1.0/calls.
+type calls struct {
+	*api
+	mgr  CallManager
+	idem IdempotencyStore
+}
+
+func (c *calls) Routes() chi.Router {
+	r := chi.NewRouter()
+	r.Post("/", c.handle(c.create))
+	r.Get("/", c.handle(c.list))
+	r.Get("/{id}", c.handle(c.get))
+	r.Patch("/{id}", c.handle(c.patch))
+	r.Delete("/{id}", c.handle(c.delete))
+	r.Post("/{id}/hangup", c.handle(c.hangup))
+	return r
+}
+
+// Limits of POST /v1.0/calls.
+const (
+	maxDestinations  = 100
+	maxMetadataBytes = 8 << 10
+	maxDialTimeout   = 3600
+)
+
+var (
+	telTarget = regexp.MustCompile(`^\+[0-9]{7,15}$`)
+	sipTarget = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+\-.=?^_{|}~]{1,128}@[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$`)
+)
+
+func errCallNotFound() error {
+	return apierr.New(apierr.NotFound, callapi.ErrReasonCallNotFound, "call not found")
+}
+
+// validAddress checks an address at field (e.g. "destinations[0]").
+func validAddress(field string, a callapi.Address) error {
+	switch a.Type {
+	case callapi.AddressTel:
+		if !telTarget.MatchString(a.Target) {
+			return apierr.Invalid(field+".target", fmt.Sprintf("%q is not an E.164 number like +15551234567", a.Target))
+		}
+	case callapi.AddressSIP:
+		if !sipTarget.MatchString(a.Target) {
+			return apierr.Invalid(field+".target", fmt.Sprintf("%q is not a SIP target like alice@example.com[:5060]", a.Target))
+		}
+		if _, port, ok := strings.Cut(a.Target[strings.LastIndex(a.Target, "@"):], ":"); ok {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				return apierr.Invalid(field+".target", fmt.Sprintf("port %q is out of range", port))
+			}
+		}
+	case "":
+		return apierr.Invalid(field+".type", `is required: "tel" or "sip"`)
+	default:
+		return apierr.Invalid(field+".type", fmt.Sprintf(`%q is not "tel" or "sip"`, a.Type))
+	}
+	for name, v := range map[string]string{"target_name": a.TargetName, "name": a.Name, "detail": a.Detail} {
+		if utf8.RuneCountInString(v) > 255 {
+			return apierr.Invalid(field+"."+name, "must be at most 255 characters")
+		}
+	}
+	return nil
+}
+
+type createCallBody struct {
+	CustomerID   string            `json:"customer_id"`
+	Source       *callapi.Address  `json:"source"`
+	Destinations []callapi.Address `json:"destinations"`
+	Metadata     map[string]any    `json:"metadata"`
+	Timeout      int               `json:"timeout"`
+}
+
+func (b createCallBody) request(id identity.Identity) (callapi.CreateRequest, error) {
+	customer := b.CustomerID
+	switch {
+	case id.Superadmin() && customer == "":
+		return callapi.CreateRequest{}, apierr.Invalid("customer_id", "is required when a superadmin places a call")
+	case !id.Superadmin() && customer != "" && customer != id.CustomerID:
+		return callapi.CreateRequest{}, apierr.New(apierr.PermissionDenied, apierr.ReasonPermissionDenied, "cannot place calls for another customer")
+	case !id.Superadmin():
+		customer = id.CustomerID
+	}
+	customer, ok := canonicalUUID(customer)
+	if !ok {
+		return callapi.CreateRequest{}, apierr.Invalid("customer_id", "is not a UUID")
+	}
+	if b.Source == nil {
+		return callapi.CreateRequest{}, apierr.Invalid("source", "is required")
+	}
+	if err := validAddress("source", *b.Source); err != nil {
+		return callapi.CreateRequest{}, err
+	}
+	if len(b.Destinations) == 0 || len(b.Destinations) > maxDestinations {
+		return callapi.CreateRequest{}, apierr.Invalid("destinations", fmt.Sprintf("must hold 1 to %d addresses", maxDestinations))
+	}
+	for i, d := range b.Destinations {
+		if err := validAddress(fmt.Sprintf("destinations[%d]", i), d); err != nil {
+			return callapi.CreateRequest{}, err
+		}
+	}
+	if m, _ := json.Marshal(b.Metadata); len(m) > maxMetadataBytes {
+		return callapi.CreateRequest{}, apierr.Invalid("metadata", fmt.Sprintf("must be at most %d bytes of JSON", maxMetadataBytes))
+	}
+	if b.Timeout < 0 || b.Timeout > maxDialTimeout {
+		return callapi.CreateRequest{}, apierr.Invalid("timeout", fmt.Sprintf("must be 0 (the default) to %d seconds", maxDialTimeout))
+	}
+	return callapi.CreateRequest{CustomerID: customer, Source: *b.Source, Destinations: b.Destinations,
+		Metadata: b.Metadata, Timeout: b.Timeout}, nil
+}
+
+var idempotencyKey = regexp.MustCompile(`^[\x21-\x7e]{1,255}$`)
+
+func (c *calls) create(w http.ResponseWriter, r *http.Request) error {
+	id := caller(r)
+	if err := requireRead(id); err != nil {
+		return err
+	}
+	var in createCallBody
+	if _, err := decode(r, &in); err != nil {
+		return err
+	}
+	req, err := in.request(id)
+	if err != nil {
+		return err
+	}
+	key := r.Header.Get("Idempotency-Key")
+	if key == "" {
+		return c.place(w, r, req)
+	}
+	if !idempotencyKey.MatchString(key) {
+		return apierr.Invalid("Idempotency-Key", "must be 1-255 printable ASCII characters")
+	}
+	// Keys are per caller: one customer's key never answers another's request.
+	scope := "customer:" + id.CustomerID
+	if id.Superadmin() {
+		scope = "user:" + id.UserID
+	}
+	scoped := scope + ":" + key
+	canonical, _ := json.Marshal(req)
+	sum := sha256.Sum256(canonical)
+	hash := hex.EncodeToString(sum[:])
+	rec, started, err := c.idem.Begin(r.Context(), scoped, hash)
+	if err != nil {
+		c.log.WarnContext(r.Context(), "idempotency store unavailable", "error", err)
+		return apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "idempotency keys cannot be honoured right now; retry later")
+	}
+	if !started {
+		switch {
+		case rec.Hash != hash:
+			return apierr.New(apierr.FailedPrecondition, ReasonIdempotencyKeyReused, "this Idempotency-Key was used with a different request body")
+		case rec.Pending:
+			w.Header().Set("Retry-After", "1")
+			return apierr.New(apierr.FailedPrecondition, ReasonIdempotencyInFlight, "a request with this Idempotency-Key is still being served")
+		}
+		c.m.replays.Inc()
+		c.log.InfoContext(r.Context(), "idempotent replay", "status", rec.Status)
+		w.Header().Set("Idempotent-Replayed", "true")
+		writeRaw(w, rec.Status, rec.Body)
+		return nil
+	}
+	calls, err := c.mgr.Create(r.Context(), req)
+	if err != nil {
+		// Nothing was placed: let the client retry with the same key.
+		if aerr := c.idem.Abort(r.Context(), scoped); aerr != nil {
+			c.log.WarnContext(r.Context(), "idempotency key not released; it expires by itself", "error", aerr)
+		}
+		return err
+	}
+	body, _ := json.Marshal(callapi.CreateResponse{Calls: calls})
+	if err := c.idem.Finish(r.Context(), scoped, cache.Record{Hash: hash, Status: http.StatusCreated, Body: body}); err != nil {
+		c.log.WarnContext(r.Context(), "idempotent answer not stored", "error", err)
+	}
+	c.logPlaced(r, calls)
+	writeRaw(w, http.StatusCreated, body)
+	return nil
+}
+
+func (c *calls) place(w http.ResponseWriter, r *http.Request, req callapi.CreateRequest) error {
+	calls, err := c.mgr.Create(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	c.logPlaced(r, calls)
+	writeJSON(w, http.StatusCreated, callapi.CreateResponse{Calls: calls})
+	return nil
+}
+
+func (c *calls) logPlaced(r *http.Request, calls []callapi.Call) {
+	for _, call := range calls {
+		c.log.InfoContext(telemetry.WithCallID(r.Context(), call.ID), "call placed", "status", call.Status,
+			"destination_type", call.Destination.Type)
+	}
+}
+
+var (
+	callStatuses = map[string]bool{"dialing": true, "ringing": true, "progressing": true, "terminating": true, "canceling": true, "hangup": true}
+	directions   = map[string]bool{callapi.DirectionOutgoing: true, callapi.DirectionIncoming: true}
+)
+
+func (c *calls) list(w http.ResponseWriter, r *http.Request) error {
+	id := caller(r)
+	if err := requireRead(id); err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	var lq callapi.ListQuery
+	var err error
+	if lq.PageSize, err = queryInt(r, "page_size", 1, 100); err != nil {
+		return err
+	}
+	if lq.Limit, err = queryInt(r, "limit", 1, 100); err != nil {
+		return err
+	}
+	if lq.Offset, err = queryInt(r, "offset", 0, 1_000_000); err != nil {
+		return err
+	}
+	lq.PageToken = q.Get("page_token")
+	if len(lq.PageToken) > 512 {
+		return apierr.Invalid("page_token", "is not a page token returned by this API")
+	}
+	if lq.PageToken != "" && (q.Has("offset") || q.Has("limit")) {
+		return apierr.Invalid("page_token", "cannot be combined with limit/offset")
+	}
+	if lq.Status = q.Get("status"); lq.Status != "" && !callStatuses[lq.Status] {
+		return apierr.Invalid("status", fmt.Sprintf("%q is not a call status", lq.Status))
+	}
+	if lq.Direction = q.Get("direction"); lq.Direction != "" && !directions[lq.Direction] {
+		return apierr.Invalid("direction", `must be "outgoing" or "incoming"`)
+	}
+	requested, err := queryUUID(r, "customer_id")
+	if err != nil {
+		return err
+	}
+	scope, ok := id.Scope(requested)
+	if !ok { // another customer's calls: as if there were none
+		writeJSON(w, http.StatusOK, callapi.ListResponse{Result: []callapi.Call{}})
+		return nil
+	}
+	lq.CustomerID = scope
+	res, err := c.mgr.List(r.Context(), lq)
+	if err != nil {
+		return err
+	}
+	if res.Result == nil {
+		res.Result = []callapi.Call{}
+	}
+	writeJSON(w, http.StatusOK, listJSON[callapi.Call]{Result: res.Result, NextPageToken: res.NextPageToken})
+	return nil
+}
+
+// listJSON is a page of a list; next_page_token is "" on the last page.
+type listJSON[T any] struct {
+	Result        []T    `json:"result"`
+	NextPageToken string `json:"next_page_token"`
+}
+
+// target resolves the {id} of a single-call route and the customer scope to pass the manager,
+// and returns the request with the call id in its ctx (so every log line names the call).
+func (c *calls) target(r *http.Request) (rr *http.Request, scope, id string, err error) {
+	who := caller(r)
+	if err := requireRead(who); err != nil {
+		return r, "", "", err
+	}
+	if id, err = pathID(r, "id"); err != nil {
+		return r, "", "", err
+	}
+	requested, err := queryUUID(r, "customer_id")
+	if err != nil {
+		return r, "", "", err
+	}
+	scope, ok := who.Scope(requested)
+	if !ok {
+		return r, "", "", errCallNotFound()
+	}
+	return r.WithContext(telemetry.WithCallID(r.Context(), id)), scope, id, nil
+}
+
+func (c *calls) get(w http.ResponseWriter, r *http.Request) error {
+	r, scope, id, err := c.target(r)
+	if err != nil {
+		return err
+	}
+	call, err := c.mgr.Get(r.Context(), scope, id)
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(call)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(body)
+	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Cache-Control", "private, no-cache")
+	if etagMatch(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	writeRaw(w, http.StatusOK, body)
+	return nil
+}
+
+// etagMatch is the weak comparison of If-None-Match (RFC 9110 §13.1.2).
+func etagMatch(header, etag string) bool {
+	if header == "" {
+		return false
+	}
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == "*" || t == etag {
+			return true
+		}
+	}
+	return false
+}
+
+type patchCallBody struct {
+	Status string `json:"status"`
+}
+
+func (c *calls) patch(w http.ResponseWriter, r *http.Request) error {
+	r, scope, id, err := c.target(r)
+	if err != nil {
+		return err
+	}
+	var in patchCallBody
+	if _, err := decode(r, &in); err != nil {
+		return err
+	}
+	if in.Status != string(callapi.StatusHangup) {
+		return apierr.Invalid("status", fmt.Sprintf(`%q cannot be set; the only change is "hangup"`, in.Status))
+	}
+	return c.respond(w, r, "hangup requested", func() (callapi.Call, error) { return c.mgr.Hangup(r.Context(), scope, id) })
+}
+
+func (c *calls) hangup(w http.ResponseWriter, r *http.Request) error {
+	r, scope, id, err := c.target(r)
+	if err != nil {
+		return err
+	}
+	return c.respond(w, r, "hangup requested", func() (callapi.Call, error) { return c.mgr.Hangup(r.Context(), scope, id) })
+}
+
+func (c *calls) delete(w http.ResponseWriter, r *http.Request) error {
+	r, scope, id, err := c.target(r)
+	if err != nil {
+		return err
+	}
+	return c.respond(w, r, "call deleted", func() (callapi.Call, error) { return c.mgr.Delete(r.Context(), scope, id) })
+}
+
+func (c *calls) respond(w http.ResponseWriter, r *http.Request, what string, do func() (callapi.Call, error)) error {
+	call, err := do()
+	if err != nil {
+		return err
+	}
+	c.log.InfoContext(r.Context(), what, "status", call.Status)
+	writeJSON(w, http.StatusOK, call)
+	return nil
+}

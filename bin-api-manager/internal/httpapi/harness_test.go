@@ -1,0 +1,431 @@
+package httpapi_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/bcrypt"
+
+	"voipbin/bin-api-manager/internal/cache"
+	"voipbin/bin-api-manager/internal/httpapi"
+	"voipbin/bin-api-manager/internal/httpauth"
+	"voipbin/bin-api-manager/internal/identity"
+	"voipbin/bin-api-manager/internal/mysql"
+	"voipbin/bin-api-manager/internal/rpcclient"
+	"voipbin/bin-api-manager/migrations"
+	"voipbin/pkg/amqp"
+	"voipbin/pkg/billingapi"
+	"voipbin/pkg/callapi"
+	"voipbin/pkg/migrate"
+	"voipbin/pkg/rpc"
+	"voipbin/pkg/telemetry"
+	"voipbin/pkg/testenv"
+	"voipbin/pkg/webhookapi"
+)
+
+// jwtSecret is the harness's JWT key (kid "k1"), so tests can forge tokens with it.
+var jwtSecret = []byte("test-jwt-secret-of-at-least-32-bytes!!")
+
+const (
+	rootUser     = "root"
+	rootPassword = "root-password"
+)
+
+type options struct {
+	ipLimit       httpapi.RateLimit
+	customerLimit httpapi.RateLimit
+	limiterRedis  *redis.Client // nil: the test Redis
+	idemRedis     *redis.Client // nil: the test Redis
+	cors          []string
+	// callQueue, when set, is where call requests go instead of the stand-in (e.g. a queue
+	// nobody consumes).
+	callQueue string
+}
+
+// harness is the real router over real MariaDB, Redis and RabbitMQ, with the managers stood in
+// by rpc.Servers on queues of their own. Every response it receives is checked against the
+// OpenAPI document.
+type harness struct {
+	t       *testing.T
+	url     string
+	client  *http.Client
+	db      *sql.DB
+	rdb     *redis.Client
+	prefix  string
+	svc     *identity.Service
+	reg     *prometheus.Registry
+	logs    *syncBuffer
+	calls   *fakeCalls
+	billing *fakeBilling
+	hooks   *fakeWebhooks
+	root    string // the superadmin's token
+}
+
+// renamed sends each contract queue to the harness's own queue, so tests never meet the real
+// managers or each other.
+type renamed struct {
+	next   rpc.Caller
+	queues map[string]string
+}
+
+func (r renamed) Call(ctx context.Context, queue string, req rpc.Request) (*rpc.Response, error) {
+	if q, ok := r.queues[queue]; ok {
+		queue = q
+	}
+	return r.next.Call(ctx, queue, req)
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if testing.Verbose() {
+		_, _ = os.Stderr.Write(p)
+	}
+	return b.buf.Write(p)
+}
+
+// lines are the JSON log lines written so far.
+func (b *syncBuffer) lines() []map[string]any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	for _, l := range strings.Split(b.buf.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func startServer(t *testing.T, conn *amqp.Conn, queue string, routes map[string]rpc.HandlerFunc) {
+	t.Helper()
+	testenv.DeleteQueuesAtCleanup(t, conn, queue)
+	srv := rpc.NewServer(conn, queue, testenv.Logger(t), rpc.ServerOptions{Workers: 16})
+	for p, h := range routes {
+		srv.Handle(p, h)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.Eventually(t, 10*time.Second, "a consumer on "+queue, func() bool {
+		ch, err := conn.Channel(context.Background())
+		if err != nil {
+			return false
+		}
+		defer ch.Close()
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		return err == nil && q.Consumers > 0
+	})
+}
+
+// wsStub stands in for the WebSocket endpoint; ?panic=1 makes it panic, to prove the recoverer.
+var wsStub = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("panic") == "1" {
+		panic("ws stub: boom")
+	}
+	w.WriteHeader(http.StatusUpgradeRequired)
+})
+
+func newHarness(t *testing.T, o options) *harness {
+	t.Helper()
+	ctx := context.Background()
+	db := testenv.MySQL(t)
+	if _, err := migrate.Up(ctx, db, migrations.FS, "customer", testenv.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	rdb := testenv.Redis(t)
+	prefix := testenv.Name("api") + ":"
+	t.Cleanup(func() {
+		keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
+		if len(keys) > 0 {
+			rdb.Del(context.Background(), keys...)
+		}
+	})
+	conn := testenv.Rabbit(t)
+	logs := &syncBuffer{}
+	log := telemetry.NewLogger(logs, "api-manager", slog.LevelDebug)
+	reg := prometheus.NewRegistry()
+
+	h := &harness{t: t, db: db, rdb: rdb, prefix: prefix, reg: reg, logs: logs,
+		calls: &fakeCalls{}, billing: newFakeBilling(), hooks: newFakeWebhooks()}
+	callQ, billQ, hookQ := testenv.Name("call"), testenv.Name("billing"), testenv.Name("webhook")
+	startServer(t, conn, callQ, h.calls.routes())
+	startServer(t, conn, billQ, h.billing.routes())
+	startServer(t, conn, hookQ, h.hooks.routes())
+	if o.callQueue != "" {
+		callQ = o.callQueue
+	}
+	client := rpc.NewClient(conn, log, rpc.ClientOptions{})
+	t.Cleanup(client.Close)
+	caller := renamed{next: rpcclient.New(client, log, reg),
+		queues: map[string]string{callapi.Queue: callQ, billingapi.Queue: billQ, webhookapi.Queue: hookQ}}
+
+	pw, err := identity.NewPasswords(bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := identity.NewTokens([]identity.Key{{ID: "k1", Secret: jwtSecret}}, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := mysql.NewStore(db, nil)
+	h.svc = identity.NewService(identity.Deps{Users: store, Customers: store, Keys: store,
+		Cache: cache.NewAccessKeys(rdb, prefix+"ak:", 5*time.Second, log, reg), Tokens: tokens, Passwords: pw})
+	if _, err := h.svc.Bootstrap(ctx, rootUser, rootPassword); err != nil {
+		t.Fatal(err)
+	}
+	limiterRedis, idemRedis := rdb, rdb
+	if o.limiterRedis != nil {
+		limiterRedis = o.limiterRedis
+	}
+	if o.idemRedis != nil {
+		idemRedis = o.idemRedis
+	}
+	handler := httpapi.New(httpapi.Deps{
+		Log: log, Registerer: reg, Identity: h.svc, Auth: httpauth.New(h.svc),
+		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
+		Limiter: cache.NewLimiter(limiterRedis, prefix+"rl:"), RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
+		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour, time.Minute),
+		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: wsStub,
+	})
+	srv := httptest.NewServer(handler)
+	t.Cleanup(srv.Close)
+	h.url = srv.URL
+	h.client = &http.Client{Transport: newValidator(t, srv.Client().Transport)}
+
+	resp, body := h.do("POST", "/auth/login", "", map[string]string{"username": rootUser, "password": rootPassword})
+	if resp.StatusCode != 200 {
+		t.Fatalf("root login: %d %s", resp.StatusCode, body)
+	}
+	h.root = decodeJSON[map[string]any](t, body)["token"].(string)
+	return h
+}
+
+// do sends a request. body may be nil, a string (sent as is) or anything JSON-encodable;
+// headers are name, value pairs.
+func (h *harness) do(method, path, token string, body any, headers ...string) (*http.Response, []byte) {
+	h.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, h.url+path, rd)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := h.client.Do(req)
+	if err != nil {
+		h.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return resp, b
+}
+
+// must sends a request and fails the test unless the status is want; it returns the body.
+func (h *harness) must(want int, method, path, token string, body any, headers ...string) []byte {
+	h.t.Helper()
+	resp, b := h.do(method, path, token, body, headers...)
+	if resp.StatusCode != want {
+		h.t.Fatalf("%s %s: status %d, want %d: %s", method, path, resp.StatusCode, want, b)
+	}
+	return b
+}
+
+type customer struct {
+	id       string
+	username string
+	token    string // the customer admin's JWT
+}
+
+// newCustomer creates a customer through the API, logs its admin in and opens its billing account.
+func (h *harness) newCustomer(name string) customer {
+	h.t.Helper()
+	username := strings.ToLower(strings.ReplaceAll(testenv.Name(name), "_", "-"))
+	b := h.must(201, "POST", "/v1.0/customers", h.root, map[string]string{"name": name, "username": username, "password": "password-123"})
+	created := decodeJSON[struct {
+		Customer struct {
+			ID string `json:"id"`
+		} `json:"customer"`
+	}](h.t, b)
+	login := h.must(200, "POST", "/auth/login", "", map[string]string{"username": username, "password": "password-123"})
+	h.billing.open(created.Customer.ID)
+	return customer{id: created.Customer.ID, username: username, token: decodeJSON[map[string]any](h.t, login)["token"].(string)}
+}
+
+func decodeJSON[T any](t *testing.T, b []byte) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("decode %T from %s: %v", v, b, err)
+	}
+	return v
+}
+
+type apiError struct {
+	Status    string           `json:"status"`
+	Reason    string           `json:"reason"`
+	Message   string           `json:"message"`
+	RequestID string           `json:"request_id"`
+	Details   []map[string]any `json:"details"`
+}
+
+func decodeError(t *testing.T, b []byte) apiError {
+	t.Helper()
+	return decodeJSON[struct {
+		Error apiError `json:"error"`
+	}](t, b).Error
+}
+
+// expectError sends a request and checks the status and the envelope's reason.
+func (h *harness) expectError(wantStatus int, wantReason, method, path, token string, body any, headers ...string) apiError {
+	h.t.Helper()
+	resp, b := h.do(method, path, token, body, headers...)
+	if resp.StatusCode != wantStatus {
+		h.t.Fatalf("%s %s: status %d, want %d: %s", method, path, resp.StatusCode, wantStatus, b)
+	}
+	e := decodeError(h.t, b)
+	if e.Reason != wantReason {
+		h.t.Fatalf("%s %s: reason %s, want %s: %s", method, path, e.Reason, wantReason, b)
+	}
+	if e.RequestID == "" || e.RequestID != resp.Header.Get("X-Request-Id") {
+		h.t.Fatalf("%s %s: request_id %q, header %q", method, path, e.RequestID, resp.Header.Get("X-Request-Id"))
+	}
+	return e
+}
+
+// ---- OpenAPI validation of every response ------------------------------------------------------
+
+var (
+	docOnce   sync.Once
+	doc       *openapi3.T
+	docRouter routers.Router
+	docErr    error
+)
+
+func loadDoc() (*openapi3.T, routers.Router, error) {
+	docOnce.Do(func() {
+		loader := openapi3.NewLoader()
+		doc, docErr = loader.LoadFromData(httpapi.OpenAPI)
+		if docErr != nil {
+			return
+		}
+		if docErr = doc.Validate(context.Background()); docErr != nil {
+			return
+		}
+		docRouter, docErr = legacy.NewRouter(doc)
+	})
+	return doc, docRouter, docErr
+}
+
+// validator is a RoundTripper that checks every response against the OpenAPI document: the
+// operation's declared response (status, headers, body schema), or the Error schema for paths
+// the document does not have. Every response must carry X-Request-Id.
+type validator struct {
+	t    *testing.T
+	next http.RoundTripper
+}
+
+func newValidator(t *testing.T, next http.RoundTripper) *validator {
+	if _, _, err := loadDoc(); err != nil {
+		t.Fatalf("OpenAPI document: %v", err)
+	}
+	return &validator{t: t, next: next}
+}
+
+func (v *validator) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := v.next.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	if err := validateResponse(req, resp, body); err != nil {
+		v.t.Errorf("%s %s → %d does not match the OpenAPI document: %v\nbody: %s", req.Method, req.URL.Path, resp.StatusCode, err, body)
+	}
+	return resp, nil
+}
+
+func validateResponse(req *http.Request, resp *http.Response, body []byte) error {
+	d, router, _ := loadDoc()
+	if resp.Header.Get("X-Request-Id") == "" {
+		return errString("no X-Request-Id")
+	}
+	// Match on the path alone: the document's server is "/".
+	u := *req.URL
+	u.Scheme, u.Host = "", ""
+	r := req.Clone(context.Background())
+	r.URL = &u
+	route, params, err := router.FindRoute(r)
+	if err != nil {
+		if resp.StatusCode < 400 {
+			return errString("a success on a path the document does not have")
+		}
+		var decoded any
+		if err := json.Unmarshal(body, &decoded); err != nil {
+			return err
+		}
+		return d.Components.Schemas["Error"].Value.VisitJSON(decoded)
+	}
+	return openapi3filter.ValidateResponse(context.Background(), &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: r, PathParams: params, Route: route},
+		Status:                 resp.StatusCode,
+		Header:                 resp.Header,
+		Body:                   io.NopCloser(bytes.NewReader(body)),
+		Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+	})
+}
+
+type errString string
+
+func (e errString) Error() string { return string(e) }

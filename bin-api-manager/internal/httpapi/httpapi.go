@@ -1,0 +1,126 @@
+// Package httpapi is the public REST surface of voipbin (DESIGN §5): the chi router, its
+// middleware (request id, access log, panic recovery, CORS, rate limits, authentication, body
+// limit), one type per REST resource with its Routes, the error envelope every failure is written
+// in, and the OpenAPI document of it all. Calls, billing and webhooks are forwarded to their
+// managers through the typed clients of pkg/callapi, pkg/billingapi and pkg/webhookapi; identity
+// is served by internal/identity.
+package httpapi
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"voipbin/bin-api-manager/internal/cache"
+	"voipbin/bin-api-manager/internal/httpauth"
+)
+
+// MaxBodyBytes is the largest request body accepted (413 beyond).
+const MaxBodyBytes = 1 << 20
+
+// RateLimit is a GCRA limit: Rate requests per second with bursts of Burst; Rate 0 disables it.
+type RateLimit struct {
+	Rate  int
+	Burst int
+}
+
+// Limiter takes one request from a key's budget (cache.Limiter implements it).
+type Limiter interface {
+	Allow(ctx context.Context, key string, rate, burst int) (allowed bool, retryAfter time.Duration, err error)
+}
+
+// IdempotencyStore keeps the answers of requests with an Idempotency-Key (cache.Idempotency
+// implements it).
+type IdempotencyStore interface {
+	Begin(ctx context.Context, key, hash string) (cache.Record, bool, error)
+	Finish(ctx context.Context, key string, r cache.Record) error
+	Abort(ctx context.Context, key string) error
+}
+
+// IdentityService is what the router needs of identity.Service.
+type IdentityService interface {
+	sessionService
+	customerService
+	accessKeyService
+}
+
+// Deps are everything the router needs; main builds them.
+type Deps struct {
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
+
+	Identity IdentityService
+	Auth     *httpauth.Authenticator
+	Calls    CallManager
+	Billing  BillingManager
+	Webhooks WebhookManager
+
+	Limiter           Limiter
+	RateLimitIP       RateLimit
+	RateLimitCustomer RateLimit
+	Idempotency       IdempotencyStore
+
+	// CORSOrigins are the browser origins allowed to call the API ("*": any, without cookies).
+	CORSOrigins []string
+	// SecureCookie marks the token cookie Secure (set when serving TLS).
+	SecureCookie bool
+	// CookieLifetime is the token cookie's Max-Age (the JWT lifetime).
+	CookieLifetime time.Duration
+	// WS, when set, serves GET /v1.0/ws. It authenticates by itself (httpauth.Authenticator),
+	// since browsers cannot set headers on a WebSocket handshake.
+	WS http.Handler
+}
+
+// api holds what the middleware and resources share.
+type api struct {
+	log *slog.Logger
+	m   *metrics
+}
+
+// New builds the router of the public API.
+func New(d Deps) http.Handler {
+	a := &api{log: d.Log, m: newMetrics(d.Registerer)}
+	r := chi.NewRouter()
+	r.Use(a.requestID, a.accessLog, a.recoverer, cors(d.CORSOrigins))
+	r.NotFound(a.routeNotFound)
+	r.MethodNotAllowed(a.methodNotAllowed(r))
+
+	ipLimit := a.rateLimit("ip", d.Limiter, d.RateLimitIP, func(r *http.Request) string { return "ip:" + clientIP(r) })
+	customerLimit := a.rateLimit("customer", d.Limiter, d.RateLimitCustomer, func(r *http.Request) string {
+		id, _ := httpauth.FromContext(r.Context())
+		if id.CustomerID != "" {
+			return "customer:" + id.CustomerID
+		}
+		return "user:" + id.UserID
+	})
+
+	r.Group(func(r chi.Router) {
+		r.Use(ipLimit)
+		r.Get("/ping", func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, http.StatusOK, map[string]string{"message": "pong"})
+		})
+		r.Get("/v1.0/openapi.yaml", serveOpenAPI)
+		if d.WS != nil {
+			r.Get("/v1.0/ws", d.WS.ServeHTTP)
+		}
+		r.With(limitBody).Mount("/auth", (&sessions{api: a, svc: d.Identity, secure: d.SecureCookie,
+			lifetime: d.CookieLifetime}).Routes())
+
+		r.Group(func(r chi.Router) {
+			r.Use(a.authenticate(d.Auth), customerLimit, limitBody)
+			r.Mount("/v1.0/customers", (&customers{api: a, svc: d.Identity}).Routes())
+			r.Get("/v1.0/customer", (&customers{api: a, svc: d.Identity}).own)
+			r.Mount("/v1.0/accesskeys", (&accessKeys{api: a, svc: d.Identity}).Routes())
+			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency}).Routes())
+			b := &billing{api: a, mgr: d.Billing}
+			r.Mount("/v1.0/billing_accounts", b.AccountRoutes())
+			r.Mount("/v1.0/billings", b.BillingRoutes())
+			r.Mount("/v1.0/webhooks", (&webhooks{api: a, mgr: d.Webhooks}).Routes())
+		})
+	})
+	return r
+}
