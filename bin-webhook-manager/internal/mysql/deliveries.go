@@ -85,6 +85,9 @@ func scanDelivery(s scanner, extra ...any) (webhook.Delivery, error) {
 		return webhook.Delivery{}, err
 	}
 	d.ID, d.WebhookID, d.CustomerID, d.EventID = uidString(id), uidString(hook), uidString(customer), uidString(ev)
+	if d.Status == statusPaused {
+		d.Status = webhook.DeliveryPending
+	}
 	return d, nil
 }
 
@@ -224,7 +227,7 @@ func (s *DeliveryStore) Retry(ctx context.Context, webhookID, deliveryID string,
 		return webhook.Delivery{}, webhook.ErrDeliveryNotFound
 	}
 	res, err := s.db.ExecContext(ctx, "UPDATE webhook_deliveries SET status = ?, next_attempt = ?, window_start = ?, window_attempts = 0, tm_update = ? WHERE id = ? AND webhook_id = ?",
-		webhook.DeliveryPending, now, now, now, id, hook)
+		webhook.DeliveryPending, now, now, now, id, hook) // the service retries only for an enabled webhook
 	if err != nil {
 		return webhook.Delivery{}, fmt.Errorf("retry delivery: %w", err)
 	}
@@ -236,23 +239,50 @@ func (s *DeliveryStore) Retry(ctx context.Context, webhookID, deliveryID string,
 	return s.Delivery(ctx, webhookID, deliveryID)
 }
 
+// statusPaused is a pending delivery of a disabled webhook. It is kept out of the "pending" status
+// so that claims and the backlog never have to look at webhooks: the API shows it as pending, and
+// it becomes pending again when its webhook is enabled.
+const statusPaused = "paused"
+
+// pauseDeliveries and resumeDeliveries move a webhook's waiting deliveries in and out of the
+// paused state, inside the transaction that disables or enables it.
+func pauseDeliveries(ctx context.Context, tx *sql.Tx, hook []byte, now time.Time) error {
+	_, err := tx.ExecContext(ctx, "UPDATE webhook_deliveries SET status = ?, tm_update = ? WHERE webhook_id = ? AND status = ?",
+		statusPaused, now, hook, webhook.DeliveryPending)
+	if err != nil {
+		return fmt.Errorf("pause deliveries: %w", err)
+	}
+	return nil
+}
+
+func resumeDeliveries(ctx context.Context, tx *sql.Tx, hook []byte, now time.Time) error {
+	_, err := tx.ExecContext(ctx, "UPDATE webhook_deliveries SET status = ?, tm_update = ? WHERE webhook_id = ? AND status = ?",
+		webhook.DeliveryPending, now, hook, statusPaused)
+	if err != nil {
+		return fmt.Errorf("resume deliveries: %w", err)
+	}
+	return nil
+}
+
 // Claim leases up to limit due deliveries, heads of their (webhook, resource) chains only.
 //
-// It runs in two steps. First a plain read picks due heads: pending, due, not leased, of an
-// enabled webhook, with no pending delivery of a lower sequence in the same chain. Then a short
-// transaction locks those rows with FOR UPDATE SKIP LOCKED, re-checks that they are still due and
-// unleased (a locking read sees the latest commit), and leases them. A chain's head stays pending
-// while leased, so its successor is never picked until the head is settled, even by another
-// instance. (One locking statement with the chain check in a subquery would not do: SKIP LOCKED
-// would skip a head locked by another claimer inside the subquery too, and take its successor.)
+// It runs in two steps. First a plain read walks the due index in next_attempt order and picks
+// due heads: pending, due, not leased, with no pending delivery of a lower sequence in the same
+// chain (a chain's head comes before its followers in that order, so few rows are read past the
+// limit). Then a short transaction locks those rows with FOR UPDATE SKIP LOCKED, re-checks that
+// they are still due and unleased (a locking read sees the latest commit), and leases them. A
+// chain's head stays pending while leased, so its successor is never picked until the head is
+// settled, even by another instance. (One locking statement with the chain check in a subquery
+// would not do: SKIP LOCKED would skip a head locked by another claimer inside the subquery too,
+// and take its successor.) Deliveries of disabled webhooks are paused, not pending, so neither
+// step looks at webhooks; one found pending anyway (the fan-out raced a disable) is paused here.
 func (s *DeliveryStore) Claim(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]webhook.Claim, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT d.id FROM webhook_deliveries d
-JOIN webhook_webhooks w ON w.id = d.webhook_id AND w.status = ? AND w.tm_delete IS NULL
+	rows, err := s.db.QueryContext(ctx, `SELECT d.id FROM webhook_deliveries d FORCE INDEX (idx_webhook_deliveries_due)
 WHERE d.status = ? AND d.next_attempt <= ? AND (d.claim_until IS NULL OR d.claim_until <= ?)
   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.webhook_id = d.webhook_id AND p.resource_id = d.resource_id
     AND p.status = ? AND (p.sequence < d.sequence OR (p.sequence = d.sequence AND p.id < d.id)))
 ORDER BY d.next_attempt LIMIT ?`,
-		webhook.StatusEnabled, webhook.DeliveryPending, now, now, webhook.DeliveryPending, limit)
+		webhook.DeliveryPending, now, now, webhook.DeliveryPending, limit)
 	if err != nil {
 		return nil, fmt.Errorf("find due deliveries: %w", err)
 	}
@@ -282,45 +312,67 @@ ORDER BY d.next_attempt LIMIT ?`,
 		if err != nil {
 			return fmt.Errorf("lock due deliveries: %w", err)
 		}
+		var locked []webhook.Claim
 		hooks := map[string]*webhook.Webhook{}
 		for rows.Next() {
 			var c webhook.Claim
-			d, err := scanDelivery(rows, &c.Payload, &c.WindowStart, &c.WindowAttempts)
+			var payload []byte
+			d, err := scanDelivery(rows, &payload, &c.WindowStart, &c.WindowAttempts)
 			if err != nil {
 				rows.Close()
 				return fmt.Errorf("lock due deliveries: %w", err)
 			}
-			payload := c.Payload
 			c.Delivery = d
 			c.Payload = payload
-			c.Token = uuid.NewString()
-			claims = append(claims, c)
+			locked = append(locked, c)
 			hooks[d.WebhookID] = nil
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("lock due deliveries: %w", err)
 		}
-		if len(claims) == 0 {
+		if len(locked) == 0 {
 			return nil
 		}
-		// The webhooks' rows are read, not locked: a webhook disabled meanwhile gets this attempt.
+		// The webhooks' rows are read, not locked: a webhook disabled after this commit still gets
+		// this one attempt.
 		for id := range hooks {
 			bid, _ := uid(id)
-			w, err := scanWebhook(tx.QueryRowContext(ctx, "SELECT "+webhookColumns+" FROM webhook_webhooks WHERE id = ?", bid))
+			var deleted sql.NullTime
+			w, err := scanWebhook(tx.QueryRowContext(ctx, "SELECT "+webhookColumns+", tm_delete FROM webhook_webhooks WHERE id = ?", bid), &deleted)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("read webhook of a delivery: %w", err)
 			}
+			if deleted.Valid || w.Status != webhook.StatusEnabled {
+				if err := pauseDeliveries(ctx, tx, bid, now); err != nil {
+					return err
+				}
+				continue
+			}
 			hooks[id] = &w
 		}
-		until := now.Add(lease)
-		for i := range claims {
-			claims[i].Webhook = *hooks[claims[i].WebhookID]
-			bid, _ := uid(claims[i].ID)
-			tok, _ := uid(claims[i].Token)
-			if _, err := tx.ExecContext(ctx, "UPDATE webhook_deliveries SET claim_until = ?, claim_token = ? WHERE id = ?", until, tok, bid); err != nil {
-				return fmt.Errorf("lease delivery: %w", err)
+		token := uuid.New()
+		var leased []any
+		for _, c := range locked {
+			if w := hooks[c.WebhookID]; w != nil {
+				c.Webhook = *w
+				c.Token = token.String()
+				claims = append(claims, c)
+				bid, _ := uid(c.ID)
+				leased = append(leased, bid)
 			}
+		}
+		if len(leased) == 0 {
+			return nil
+		}
+		// One token for the batch: it proves the lease of each of them.
+		_, err = tx.ExecContext(ctx, "UPDATE webhook_deliveries SET claim_until = ?, claim_token = ? WHERE id IN (?"+strings.Repeat(", ?", len(leased)-1)+")",
+			append([]any{now.Add(lease), token[:]}, leased...)...)
+		if err != nil {
+			return fmt.Errorf("lease deliveries: %w", err)
 		}
 		return nil
 	})
@@ -372,18 +424,21 @@ AND status = ? AND sequence > ? AND next_attempt < ?`, next, hook, c.ResourceID,
 			if _, err := tx.ExecContext(ctx, "UPDATE webhook_webhooks SET status = ?, tm_update = ? WHERE id = ?", webhook.StatusDisabled, now, hook); err != nil {
 				return fmt.Errorf("disable webhook: %w", err)
 			}
+			if err := pauseDeliveries(ctx, tx, hook, now); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
 }
 
-// Backlog counts the pending deliveries of enabled webhooks and finds the oldest one's creation.
+// Backlog counts the pending deliveries (of enabled webhooks: the others' are paused) and finds
+// the oldest one's creation.
 func (s *DeliveryStore) Backlog(ctx context.Context) (int, time.Time, error) {
 	var n int
 	var oldest sql.NullTime
-	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*), MIN(d.tm_create) FROM webhook_deliveries d
-JOIN webhook_webhooks w ON w.id = d.webhook_id AND w.status = ? AND w.tm_delete IS NULL WHERE d.status = ?`,
-		webhook.StatusEnabled, webhook.DeliveryPending).Scan(&n, &oldest)
+	err := s.db.QueryRowContext(ctx, "SELECT COUNT(*), MIN(tm_create) FROM webhook_deliveries WHERE status = ?",
+		webhook.DeliveryPending).Scan(&n, &oldest)
 	if err != nil {
 		return 0, time.Time{}, fmt.Errorf("measure backlog: %w", err)
 	}

@@ -405,3 +405,64 @@ func TestDeliveryLogPagingRetryAndBacklog(t *testing.T) {
 		t.Fatalf("Retry through another webhook = %v", err)
 	}
 }
+
+// Disabling a webhook pauses its waiting deliveries: they are neither claimed nor counted in the
+// backlog, still read as pending, and resume when it is enabled again.
+func TestDisablePausesAndEnableResumes(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	hooks := NewWebhookStore(db)
+	w := newWebhook(t, hooks, uuid.NewString(), "*")
+	s := NewDeliveryStore(db)
+	d := delivery(w, uuid.NewString(), "call-1", 1)
+	if _, err := s.AddDeliveries(ctx, []webhook.Delivery{d}); err != nil {
+		t.Fatal(err)
+	}
+	setStatus := func(status string) {
+		t.Helper()
+		if _, err := hooks.Update(ctx, "", w.ID, func(w *webhook.Webhook) error { w.Status = status; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setStatus(webhook.StatusDisabled)
+	now := time.Now().UTC()
+	if c, _ := s.Claim(ctx, now, 10, time.Minute); len(c) != 0 {
+		t.Fatalf("claimed %v of a disabled webhook", claimIDs(c))
+	}
+	if n, _, _ := s.Backlog(ctx); n != 0 {
+		t.Fatalf("backlog %d counts a disabled webhook's deliveries", n)
+	}
+	if got, _ := s.Delivery(ctx, w.ID, d.ID); got.Status != webhook.DeliveryPending {
+		t.Fatalf("paused delivery reads as %q, want pending", got.Status)
+	}
+	setStatus(webhook.StatusEnabled)
+	if c, _ := s.Claim(ctx, now, 10, time.Minute); len(c) != 1 || c[0].ID != d.ID {
+		t.Fatalf("after enabling, claim = %v, want the delivery", claimIDs(c))
+	}
+}
+
+// A 410 recorded by the dispatcher disables the webhook and pauses the rest of its deliveries.
+func TestRecordGoneDisablesTheWebhook(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	hooks := NewWebhookStore(db)
+	w := newWebhook(t, hooks, uuid.NewString(), "*")
+	s := NewDeliveryStore(db)
+	d1, d2 := delivery(w, uuid.NewString(), "call-1", 1), delivery(w, uuid.NewString(), "call-2", 1)
+	if _, err := s.AddDeliveries(ctx, []webhook.Delivery{d1, d2}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := s.Claim(ctx, time.Now().UTC(), 1, time.Minute)
+	if len(c) != 1 {
+		t.Fatal("nothing claimed")
+	}
+	if err := s.Record(ctx, c[0], webhook.Attempt{At: time.Now(), HTTPStatus: 410}, webhook.Decision{Status: webhook.DeliveryFailed, Disable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := hooks.Get(ctx, "", w.ID); got.Status != webhook.StatusDisabled {
+		t.Fatalf("webhook is %s after a 410", got.Status)
+	}
+	if n, _, _ := s.Backlog(ctx); n != 0 {
+		t.Fatalf("backlog %d after the webhook was disabled", n)
+	}
+}

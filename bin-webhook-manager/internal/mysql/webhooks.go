@@ -43,10 +43,10 @@ const webhookColumns = "id, customer_id, name, uri, method, event_types, status,
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanWebhook(s scanner) (webhook.Webhook, error) {
+func scanWebhook(s scanner, extra ...any) (webhook.Webhook, error) {
 	var w webhook.Webhook
 	var id, customer, types, secret []byte
-	if err := s.Scan(&id, &customer, &w.Name, &w.URI, &w.Method, &types, &w.Status, &secret, &w.TMCreate, &w.TMUpdate); err != nil {
+	if err := s.Scan(append([]any{&id, &customer, &w.Name, &w.URI, &w.Method, &types, &w.Status, &secret, &w.TMCreate, &w.TMUpdate}, extra...)...); err != nil {
 		return webhook.Webhook{}, err
 	}
 	w.ID, w.CustomerID, w.Secret = uidString(id), uidString(customer), webhook.Secret(secret)
@@ -175,6 +175,7 @@ func (s *WebhookStore) Update(ctx context.Context, customerID, id string, fn fun
 		if err != nil {
 			return fmt.Errorf("read webhook: %w", err)
 		}
+		was := w.Status
 		if err := fn(&w); err != nil {
 			return err
 		}
@@ -186,6 +187,15 @@ func (s *WebhookStore) Update(ctx context.Context, customerID, id string, fn fun
 		if _, err := tx.ExecContext(ctx, "UPDATE webhook_webhooks SET name = ?, uri = ?, method = ?, event_types = ?, status = ?, secret = ?, tm_update = ? WHERE id = ?",
 			w.Name, w.URI, w.Method, types, w.Status, []byte(w.Secret.Reveal()), w.TMUpdate, bid); err != nil {
 			return fmt.Errorf("update webhook: %w", err)
+		}
+		switch {
+		case was == webhook.StatusEnabled && w.Status == webhook.StatusDisabled:
+			err = pauseDeliveries(ctx, tx, bid, w.TMUpdate)
+		case was == webhook.StatusDisabled && w.Status == webhook.StatusEnabled:
+			err = resumeDeliveries(ctx, tx, bid, w.TMUpdate)
+		}
+		if err != nil {
+			return err
 		}
 		out = w
 		return nil
@@ -213,8 +223,8 @@ func (s *WebhookStore) Delete(ctx context.Context, customerID, id string) (webho
 		if _, err := tx.ExecContext(ctx, "UPDATE webhook_webhooks SET tm_delete = ?, tm_update = ? WHERE id = ?", now, now, bid); err != nil {
 			return fmt.Errorf("delete webhook: %w", err)
 		}
-		if _, err := tx.ExecContext(ctx, "UPDATE webhook_deliveries SET status = ?, claim_until = NULL, claim_token = NULL, tm_update = ? WHERE webhook_id = ? AND status = ?",
-			webhook.DeliveryFailed, now, bid, webhook.DeliveryPending); err != nil {
+		if _, err := tx.ExecContext(ctx, "UPDATE webhook_deliveries SET status = ?, claim_until = NULL, claim_token = NULL, tm_update = ? WHERE webhook_id = ? AND status IN (?, ?)",
+			webhook.DeliveryFailed, now, bid, webhook.DeliveryPending, statusPaused); err != nil {
 			return fmt.Errorf("fail pending deliveries: %w", err)
 		}
 		w.TMUpdate = now
