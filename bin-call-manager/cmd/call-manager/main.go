@@ -6,22 +6,34 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"voipbin/bin-call-manager/internal/cache"
+	"voipbin/bin-call-manager/internal/call"
 	"voipbin/bin-call-manager/internal/config"
+	"voipbin/bin-call-manager/internal/mysql"
+	"voipbin/bin-call-manager/internal/rpcserver"
+	"voipbin/bin-call-manager/internal/subscriber"
 	"voipbin/bin-call-manager/migrations"
 	"voipbin/pkg/amqp"
+	"voipbin/pkg/billingapi"
+	"voipbin/pkg/callapi"
 	"voipbin/pkg/event"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/rpc"
+	"voipbin/pkg/rtcapi"
 	"voipbin/pkg/sqldb"
 	"voipbin/pkg/telemetry"
 )
@@ -63,30 +75,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return err
 	}
 	defer conn.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddress})
+	rdb := cache.NewClient(cfg.RedisAddress)
 	defer rdb.Close()
+	redis.SetLogger(cache.Logger{Log: log}) // the library's logger is process-wide; only main sets it
+	rpcClient := rpc.NewClient(conn, log, rpc.ClientOptions{})
+	defer rpcClient.Close()
 
 	reg := telemetry.NewRegistry()
+	// Redis is a cache: the service serves without it, so it is not a readiness check (its
+	// failures show in call_cache_operations_total{result="error"}).
 	admin := telemetry.NewAdmin(cfg.AdminAddress, reg, map[string]telemetry.Check{
 		"mysql":    sqldb.Check(db),
 		"rabbitmq": conn.Check,
-		"redis":    func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 	})
-	relay := event.NewRelay(db, conn, "call_outbox", log, event.RelayOptions{Registerer: reg})
-
-	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
-	work, workCtx := errgroup.WithContext(ctx)
-	work.Go(func() error { return relay.Run(workCtx) })
-
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- admin.Run(adminCtx, log) }()
 
 	log.Info("started")
-	<-workCtx.Done()
-	admin.Drain()
-	log.Info("shutting down: finishing work in flight")
-	err = work.Wait()
+	err = serve(ctx, wiring{
+		cfg: cfg.Call, log: log, reg: reg, db: db, conn: conn, rdb: rdb, caller: rpcClient,
+		queue: callapi.Queue, rtcQueue: subscriber.Queue, rtcBindings: []event.Binding{subscriber.AllRTCEvents},
+		onStop: func() {
+			admin.Drain()
+			log.Info("shutting down: finishing work in flight")
+		},
+	})
 	stopAdmin()
 	if aerr := <-adminDone; aerr != nil && err == nil {
 		err = aerr
@@ -96,4 +110,64 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// wiring is what serve runs on. main fills it with the production names; tests with their own
+// queues, a caller that reaches their stand-ins for billing and rtc, and a clock.
+type wiring struct {
+	cfg         config.Call
+	log         *slog.Logger
+	reg         prometheus.Registerer
+	db          *sql.DB
+	conn        *amqp.Conn
+	rdb         *redis.Client
+	caller      rpc.Caller // to billing and rtc
+	queue       string     // the request queue served
+	rtcQueue    string     // the durable queue of rtc events
+	rtcBindings []event.Binding
+	now         func() time.Time // nil: time.Now
+	onStop      func()           // called once when work starts to stop (nil: nothing)
+}
+
+// serve builds the call manager on w and runs it until ctx ends (or a part fails): the RPC
+// server, the rtc event subscriber, the reaper and the cache's stale-entry cleaner, then lets the
+// outbox relay publish what they committed before it returns.
+func serve(ctx context.Context, w wiring) error {
+	relay := event.NewRelay(w.db, w.conn, mysql.OutboxTable, w.log, event.RelayOptions{Registerer: w.reg})
+	store := mysql.NewCallStore(w.db)
+	calls := cache.New(w.rdb, w.log, cache.Options{TTL: w.cfg.CacheTTL, Registerer: w.reg})
+	svc := call.NewService(call.Deps{
+		Store: store, Due: store, Cache: calls,
+		Gate: billingapi.NewClient(w.caller), RTC: rtcapi.NewClient(w.caller),
+		Relay: relay, Log: w.log, Metrics: call.NewMetrics(w.reg), Now: w.now,
+		Settings: call.Settings{DialTimeout: w.cfg.DialTimeout, MaxDuration: w.cfg.MaxDuration,
+			ReaperGrace: w.cfg.ReaperGrace, ProbeInterval: w.cfg.ProbeInterval, RPCTimeout: w.cfg.RPCTimeout},
+	})
+	srv := rpc.NewServer(w.conn, w.queue, w.log, rpc.ServerOptions{Registerer: w.reg})
+	rpcserver.Register(srv, svc)
+	sub := subscriber.New(w.conn, w.log, svc, subscriber.Options{Queue: w.rtcQueue, Bindings: w.rtcBindings, Registerer: w.reg})
+
+	// The relay outlives the work so events committed by requests in flight still leave.
+	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- relay.Run(relayCtx) }()
+
+	work, workCtx := errgroup.WithContext(ctx)
+	work.Go(func() error { return srv.Run(workCtx) })
+	work.Go(func() error { return sub.Run(workCtx) })
+	work.Go(func() error { return svc.RunReaper(workCtx, w.cfg.ReaperInterval) })
+	work.Go(func() error { return calls.Run(workCtx) })
+	work.Go(func() error {
+		<-workCtx.Done()
+		if w.onStop != nil {
+			w.onStop()
+		}
+		return nil
+	})
+	err := work.Wait()
+	stopRelay()
+	if rerr := <-relayDone; rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
 }

@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -232,4 +233,13 @@ func NewClient(addr string) *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 300 * time.Millisecond,
 		ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond,
 		MaxRetries: -1, DialerRetries: 1, DialerRetryTimeout: time.Millisecond, PoolTimeout: 500 * time.Millisecond})
+}
+
+// Logger routes go-redis's own messages (dial failures while Redis is down) into the service's
+// JSON log at debug level, where a cache outage belongs; pass it to redis.SetLogger in main.
+type Logger struct{ Log *slog.Logger }
+
+// Printf implements go-redis's logging interface.
+func (l Logger) Printf(ctx context.Context, format string, v ...any) {
+	l.Log.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }

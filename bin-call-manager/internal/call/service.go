@@ -238,11 +238,11 @@ func (s *Service) dial(ctx context.Context, c *Call) *Call {
 	return cur
 }
 
-// isRefusal reports whether an rtc error is a definite answer (4xx) rather than a transport
-// failure or a timeout, after which the request may still have been acted upon.
+// isRefusal reports whether an rtc error is rtc's own answer rather than a transport failure or
+// a timeout, after which the request may still have been acted upon.
 func isRefusal(err error) bool {
 	e, ok := apierr.As(err)
-	return ok && e.HTTPStatus() >= 400 && e.HTTPStatus() < 500
+	return ok && e.Reason != apierr.ReasonRequestTimeout && e.Reason != apierr.ReasonServiceUnavailable
 }
 
 // tellRTCHangup asks rtc to end a dialog, best effort (logging a failure).

@@ -276,7 +276,7 @@ func (s *CallStore) List(ctx context.Context, f call.Filter) ([]*call.Call, erro
 }
 
 // ClaimDue claims live calls whose check time has come, skipping rows other transactions hold,
-// and moves their next check to next.
+// and moves their next check to next (or their deadline, if sooner).
 func (s *CallStore) ClaimDue(ctx context.Context, now, next time.Time, limit int) ([]*call.Call, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -306,16 +306,22 @@ func (s *CallStore) ClaimDue(ctx context.Context, now, next time.Time, limit int
 	if len(due) == 0 {
 		return nil, nil
 	}
-	n := next.UTC().Truncate(time.Microsecond)
-	if _, err := tx.ExecContext(ctx, "UPDATE call_calls SET tm_check = ? WHERE id IN (?"+strings.Repeat(",?", len(ids)-1)+")",
-		append([]any{n}, ids...)...); err != nil {
+	// The next check comes at next, or at the deadline if that is sooner and still ahead (a call
+	// already past it is being ended now; if that fails it is retried at next).
+	n, at := next.UTC().Truncate(time.Microsecond), now.UTC()
+	if _, err := tx.ExecContext(ctx, "UPDATE call_calls SET tm_check = IF(tm_deadline > ?, LEAST(?, tm_deadline), ?) WHERE id IN (?"+
+		strings.Repeat(",?", len(ids)-1)+")", append([]any{at, n, n}, ids...)...); err != nil {
 		return nil, fmt.Errorf("push back due calls: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
 	}
 	for _, c := range due {
-		c.TMCheck = &n
+		check := n
+		if c.TMDeadline.After(at) && c.TMDeadline.Before(n) {
+			check = c.TMDeadline
+		}
+		c.TMCheck = &check
 	}
 	return due, nil
 }

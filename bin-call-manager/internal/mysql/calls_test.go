@@ -361,9 +361,14 @@ func TestClaimDueSkipsLockedAndEndedCalls(t *testing.T) {
 		t.Fatalf("second claim = %v, %v; want nothing (pushed back or locked)", ids(again), err)
 	}
 	_ = tx.Rollback()
-	got, err = store.ClaimDue(ctx, now, next, 10)
+	// A next check beyond the deadline is brought back to the deadline.
+	got, err = store.ClaimDue(ctx, now, t0.Add(3*time.Hour), 10)
 	if err != nil || !reflect.DeepEqual(ids(got), []string{due1.ID}) {
 		t.Fatalf("claim after release = %v, %v; want %s", ids(got), err, due1.ID)
+	}
+	stored, _ := store.Get(ctx, due1.ID)
+	if !got[0].TMCheck.Equal(due1.TMDeadline) || !stored.TMCheck.Equal(due1.TMDeadline) {
+		t.Fatalf("next check = %v (stored %v), want the deadline %v", got[0].TMCheck, stored.TMCheck, due1.TMDeadline)
 	}
 
 	if err := store.SetProbeFailures(ctx, due1.ID, 1); err != nil {
