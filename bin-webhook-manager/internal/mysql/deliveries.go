@@ -419,6 +419,13 @@ window_attempts = window_attempts + 1, attempt_count = attempt_count + 1, tm_upd
 AND status = ? AND sequence > ? AND next_attempt < ?`, next, hook, c.ResourceID, webhook.DeliveryPending, c.Sequence, next); err != nil {
 				return fmt.Errorf("postpone the chain: %w", err)
 			}
+		} else {
+			// Settled (perhaps early, by a manual retry): followers that were only waiting for it,
+			// never tried themselves, are due now rather than at the time they were postponed to.
+			if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET next_attempt = ? WHERE webhook_id = ? AND resource_id = ?
+AND status = ? AND sequence > ? AND window_attempts = 0 AND next_attempt > ?`, now, hook, c.ResourceID, webhook.DeliveryPending, c.Sequence, now); err != nil {
+				return fmt.Errorf("release the chain: %w", err)
+			}
 		}
 		if dec.Disable {
 			if _, err := tx.ExecContext(ctx, "UPDATE webhook_webhooks SET status = ?, tm_update = ? WHERE id = ?", webhook.StatusDisabled, now, hook); err != nil {

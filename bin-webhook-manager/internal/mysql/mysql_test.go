@@ -466,3 +466,36 @@ func TestRecordGoneDisablesTheWebhook(t *testing.T) {
 		t.Fatalf("backlog %d after the webhook was disabled", n)
 	}
 }
+
+// A head retried by hand and settled early releases the followers it had postponed.
+func TestSettlingAHeadEarlyReleasesItsChain(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	w := newWebhook(t, NewWebhookStore(db), uuid.NewString(), "*")
+	s := NewDeliveryStore(db)
+	d1, d2 := delivery(w, uuid.NewString(), "call-1", 1), delivery(w, uuid.NewString(), "call-1", 2)
+	if _, err := s.AddDeliveries(ctx, []webhook.Delivery{d1, d2}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	c, _ := s.Claim(ctx, now, 10, time.Minute)
+	if len(c) != 1 || c[0].ID != d1.ID {
+		t.Fatalf("claim = %v, want d1", claimIDs(c))
+	}
+	if err := s.Record(ctx, c[0], webhook.Attempt{At: now, HTTPStatus: 503}, webhook.Decision{Status: webhook.DeliveryPending, NextAttempt: now.Add(4 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Retry(ctx, w.ID, d1.ID, now); err != nil {
+		t.Fatal(err)
+	}
+	c, _ = s.Claim(ctx, now, 10, time.Minute)
+	if len(c) != 1 || c[0].ID != d1.ID {
+		t.Fatalf("claim after the manual retry = %v, want d1", claimIDs(c))
+	}
+	if err := s.Record(ctx, c[0], webhook.Attempt{At: now, HTTPStatus: 200}, webhook.Decision{Status: webhook.DeliverySucceeded}); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := s.Claim(ctx, time.Now().UTC(), 10, time.Minute); len(c) != 1 || c[0].ID != d2.ID {
+		t.Fatalf("claim after the head succeeded = %v, want d2 at once, not in four hours", claimIDs(c))
+	}
+}
