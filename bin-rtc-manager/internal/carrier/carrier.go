@@ -8,10 +8,10 @@
 //
 //	1200NNN…  rings 1 s, answers, hangs up (BYE) after NNN… seconds; all zeros: never hangs up
 //	1180…     rings forever (180 Ringing until the caller cancels)
-//	1486…     rings, then 486 Busy Here
-//	1CCC…     rings, then rejects with SIP status CCC when 400 ≤ CCC ≤ 699 (1403 Forbidden,
+//	1486…     rings 0.2 s, then 486 Busy Here
+//	1CCC…     rings 0.2 s, then rejects with SIP status CCC when 400 ≤ CCC ≤ 699 (1403 Forbidden,
 //	          1404 Not Found, 1503 Service Unavailable, 1603 Decline, …)
-//	other     404 Not Found
+//	other     404 Not Found at once (so is 1404…)
 package carrier
 
 import (
@@ -73,6 +73,9 @@ func Plan(user string) Behaviour {
 	}
 	return Behaviour{Kind: Reject, Code: 404}
 }
+
+// rejectRing is how long a rejected call rings.
+const rejectRing = 200 * time.Millisecond
 
 // Server is the simulator.
 type Server struct {
@@ -185,6 +188,13 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	switch b.Kind {
 	case Reject:
+		// Ring a moment first, as a real network does: a final response hot on the heels of the
+		// 180 can overtake it.
+		select {
+		case <-time.After(rejectRing):
+		case <-tx.Done():
+			return
+		}
 		_ = d.Respond(b.Code, reason(b.Code), nil)
 		log.Info("rejected", "code", b.Code)
 		return

@@ -68,11 +68,14 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.NodeID != "" && !validNodeID(c.NodeID) {
 		r.Fail("NODE_ID", "%q may hold only letters, digits, '-', '_' and '.' (1-64)", c.NodeID)
 	}
-	if c.SIP.ExternalAddress == "" {
-		c.SIP.ExternalAddress = c.SIP.ListenAddress
+	external := c.SIP.ExternalAddress
+	if external == "" {
+		// Contact and Via then carry the bound listen address (port 0: the port the system chose).
+		external = c.SIP.ListenAddress
 	}
-	if host, port, err := net.SplitHostPort(c.SIP.ExternalAddress); err == nil {
-		if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 || host == "" || host == "0.0.0.0" || host == "::" {
+	if host, port, err := net.SplitHostPort(external); err == nil {
+		if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 || (p == 0 && c.SIP.ExternalAddress != "") ||
+			host == "" || host == "0.0.0.0" || host == "::" {
 			r.Fail("SIP_EXTERNAL_ADDRESS", "%q must be a reachable host with a port (set it when SIP_LISTEN_ADDRESS is a wildcard or port 0)", c.SIP.ExternalAddress)
 		}
 	}

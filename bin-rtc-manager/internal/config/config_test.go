@@ -29,7 +29,7 @@ func TestLoad(t *testing.T) {
 		check   func(t *testing.T, c Config)
 	}{
 		{name: "defaults", env: nil, check: func(t *testing.T, c Config) {
-			want := SIP{ListenAddress: "127.0.0.1:5060", ExternalAddress: "127.0.0.1:5060",
+			want := SIP{ListenAddress: "127.0.0.1:5060",
 				TelTrunkURI: "sip:{number}@127.0.0.1:5080", DialTimeout: 60 * time.Second, MaxDuration: time.Hour,
 				RTPPortMin: 20000, RTPPortMax: 30000}
 			if c.SIP != want {
@@ -59,6 +59,9 @@ func TestLoad(t *testing.T) {
 				"RTC_MAX_DURATION", "RTC_RTP_PORT_MIN", "RTC_RTP_PORT_MAX", "NODE_ID", "RTC_TEL_TRUNK_URI"}},
 		{name: "trunk uri without placeholder", env: map[string]string{"RTC_TEL_TRUNK_URI": "sip:trunk@127.0.0.1"},
 			wantErr: []string{"RTC_TEL_TRUNK_URI"}},
+		{name: "any free port", env: map[string]string{"SIP_LISTEN_ADDRESS": "127.0.0.1:0"}},
+		{name: "external port 0", env: map[string]string{"SIP_EXTERNAL_ADDRESS": "198.51.100.1:0"},
+			wantErr: []string{"SIP_EXTERNAL_ADDRESS"}},
 		{name: "wildcard listen needs external address", env: map[string]string{"SIP_LISTEN_ADDRESS": "0.0.0.0:5060"},
 			wantErr: []string{"SIP_EXTERNAL_ADDRESS"}},
 		{name: "username without password", env: map[string]string{"RTC_TRUNK_USERNAME": "u"},

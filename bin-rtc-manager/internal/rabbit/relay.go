@@ -71,7 +71,11 @@ func (r *Relay) Kick() {
 func (r *Relay) Run(ctx context.Context) error {
 	failures := 0
 	for {
-		n, err := r.Pass(ctx)
+		// A pass is never cut short by shutdown: an event published but not yet removed would go
+		// out twice.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		n, err := r.Pass(pctx)
+		cancel()
 		switch {
 		case err != nil:
 			failures++

@@ -31,7 +31,8 @@ import (
 type Params struct {
 	// ListenAddress is where to listen, UDP and TCP on the same port (port 0: any free port).
 	ListenAddress string
-	// ExternalAddress is put in Contact, Via and SDP; empty means the bound listen address.
+	// ExternalAddress is put in Contact, Via and SDP; empty means the bound listen address (which
+	// must then not be a wildcard).
 	ExternalAddress string
 	// Username and Password answer digest challenges when set.
 	Username, Password string
