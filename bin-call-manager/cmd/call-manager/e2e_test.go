@@ -134,15 +134,22 @@ func TestCreateLogsLetAnOperatorFollowTheCall(t *testing.T) {
 		{"call dialled", "call_id", c.ID},
 	}
 	lines := h.logs.lines()
+	last := -1
 	for _, w := range want {
-		found := false
-		for _, l := range lines {
+		found := -1
+		for i, l := range lines {
 			if l["msg"] == w.msg && l[w.key] == w.value && l["customer_id"] == h.customerA {
-				found = true
+				found = i
+				break
 			}
 		}
-		if !found {
+		switch {
+		case found < 0:
 			t.Errorf("no log line %q with %s=%s and customer_id", w.msg, w.key, w.value)
+		case found < last:
+			t.Errorf("log line %q comes before the one above it", w.msg)
+		default:
+			last = found
 		}
 	}
 }

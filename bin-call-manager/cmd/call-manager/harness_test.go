@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"io"
 	"net"
 	"sort"
 	"strings"
@@ -215,6 +216,7 @@ func (s *syncBuffer) lines() []map[string]any {
 type harnessOpts struct {
 	noRTC     bool   // no rtc manager at all: its queues are unroutable
 	redisAddr string // default: the test Redis
+	quiet     bool   // discard the service's logs (benchmarks)
 	call      func(*config.Call)
 }
 
@@ -340,8 +342,12 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	var logs io.Writer = h.logs
+	if o.quiet {
+		logs = io.Discard
+	}
 	go func() {
-		done <- serve(ctx, wiring{cfg: cfg, log: telemetry.NewLogger(h.logs, service, nil), reg: h.reg, db: h.db,
+		done <- serve(ctx, wiring{cfg: cfg, log: telemetry.NewLogger(logs, service, nil), reg: h.reg, db: h.db,
 			conn: h.conn, rdb: h.rdb, caller: caller, queue: queue, rtcQueue: rtcQueue, rtcBindings: bindings, now: h.clock.Now})
 	}()
 	t.Cleanup(func() {

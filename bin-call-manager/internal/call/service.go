@@ -148,11 +148,11 @@ func (s *Service) Create(ctx context.Context, req callapi.CreateRequest) ([]call
 	}
 	// The calls exist now: what follows must run to its end even if the caller gives up.
 	ctx = context.WithoutCancel(ctx)
-	s.afterCommit(ctx, evs)
 	for _, c := range calls {
-		s.Cache.Set(ctx, c)
 		s.Log.InfoContext(telemetry.WithCallID(ctx, c.ID), "call created", "destination_type", c.Destination.Type)
+		s.Cache.Set(ctx, c)
 	}
+	s.afterCommit(ctx, evs)
 
 	out := make([]callapi.Call, len(calls))
 	var wg sync.WaitGroup
