@@ -1,0 +1,262 @@
+package dialog
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"voipbin/pkg/apierr"
+	"voipbin/pkg/callapi"
+	"voipbin/pkg/rtcapi"
+	"voipbin/pkg/testenv"
+)
+
+// memStore is an in-memory Store that records emitted events and can fail on demand.
+type memStore struct {
+	mu      sync.Mutex
+	dialogs map[string]Dialog
+	events  []Emitted
+	fail    int // Update fails this many more times
+}
+
+func newMemStore(ds ...Dialog) *memStore {
+	s := &memStore{dialogs: map[string]Dialog{}}
+	for _, d := range ds {
+		s.dialogs[d.CallID] = d
+	}
+	return s
+}
+
+func (s *memStore) Create(_ context.Context, d *Dialog) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.dialogs[d.CallID]; ok {
+		return ErrExists
+	}
+	s.dialogs[d.CallID] = *d
+	return nil
+}
+
+func (s *memStore) Update(_ context.Context, id string, fn func(*Dialog) ([]Emitted, error)) (*Dialog, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fail > 0 {
+		s.fail--
+		return nil, errors.New("store down")
+	}
+	d, ok := s.dialogs[id]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	evs, err := fn(&d)
+	if err != nil {
+		return nil, err
+	}
+	s.dialogs[id] = d
+	s.events = append(s.events, evs...)
+	return &d, nil
+}
+
+func (s *memStore) Get(_ context.Context, id string) (*Dialog, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.dialogs[id]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return &d, nil
+}
+
+func (s *memStore) Live(_ context.Context, node string) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for id, d := range s.dialogs {
+		if d.NodeID == node && d.State.Live() {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+func (s *memStore) ended() []rtcapi.Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []rtcapi.Event
+	for _, e := range s.events {
+		if e.Type == rtcapi.EventEnded {
+			out = append(out, e.Data)
+		}
+	}
+	return out
+}
+
+// fakePhone records what it is asked to do.
+type fakePhone struct {
+	running   map[string]bool
+	hungUp    []string
+	stateless []string
+	callErr   error
+}
+
+func (p *fakePhone) Call(ctx context.Context, d *Dialog, _ callapi.Address, pr Progress) error {
+	if p.callErr != nil {
+		return p.callErr
+	}
+	d.SIPCallID = "sip-" + d.CallID
+	return pr.Start(ctx, d)
+}
+
+func (p *fakePhone) Hangup(_ context.Context, id string) (bool, error) {
+	if p.running[id] {
+		p.hungUp = append(p.hungUp, id)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (p *fakePhone) EndStateless(_ context.Context, d Dialog) (int, error) {
+	p.stateless = append(p.stateless, d.CallID)
+	if d.State == StateAnswered {
+		return 200, nil
+	}
+	return 487, nil
+}
+
+type fakeForward struct {
+	err   error
+	calls []string
+}
+
+func (f *fakeForward) Hangup(_ context.Context, node, id string) error {
+	f.calls = append(f.calls, node+"/"+id)
+	return f.err
+}
+
+type kicks struct{ n int }
+
+func (k *kicks) Kick() { k.n++ }
+
+func newService(store Store, phone Phone, fwd Forwarder) *Service {
+	return NewService(Params{NodeID: "me", TrunkURI: "sip:{number}@127.0.0.1:5080", DialTimeout: time.Minute, MaxDuration: time.Hour,
+		Store: store, Phone: phone, Forward: fwd, Relay: &kicks{}, Log: testenv.Logger(nil)})
+}
+
+func TestHangup(t *testing.T) {
+	unavailable := apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "no consumer")
+	tests := []struct {
+		name          string
+		stored        []Dialog
+		running       map[string]bool
+		forwardErr    error
+		viaNode       bool
+		wantErrReason string
+		wantHungUp    bool
+		wantForwarded bool
+		wantStateless bool
+		wantEnded     *rtcapi.Event
+	}{
+		{name: "running here", stored: []Dialog{{CallID: "c", NodeID: "me", State: StateRinging}}, running: map[string]bool{"c": true}, wantHungUp: true},
+		{name: "unknown", wantErrReason: rtcapi.ErrReasonDialogNotFound},
+		{name: "already ended", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateEnded}}},
+		{name: "owner alive", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered}}, wantForwarded: true},
+		{name: "owner refuses", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered}},
+			forwardErr: apierr.New(apierr.NotFound, rtcapi.ErrReasonDialogNotFound, "gone"), wantForwarded: true, wantErrReason: rtcapi.ErrReasonDialogNotFound},
+		{name: "owner dead, answered: BYE from state", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered, TMAnswered: time.Now()}},
+			forwardErr: unavailable, wantForwarded: true, wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local"}},
+		{name: "owner dead, ringing: CANCEL from state", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateRinging}},
+			forwardErr: unavailable, wantForwarded: true, wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 487, Cause: 16, By: "local"}},
+		{name: "own dialog left by a previous run", stored: []Dialog{{CallID: "c", NodeID: "me", State: StateAnswered}},
+			wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local"}},
+		{name: "on the node queue: never forwarded", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered}}, viaNode: true,
+			wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := newMemStore(tt.stored...)
+			phone := &fakePhone{running: tt.running}
+			fwd := &fakeForward{err: tt.forwardErr}
+			err := newService(store, phone, fwd).Hangup(context.Background(), "c", tt.viaNode)
+			if tt.wantErrReason != "" {
+				if !apierr.HasReason(err, tt.wantErrReason) {
+					t.Fatalf("Hangup() = %v, want %s", err, tt.wantErrReason)
+				}
+			} else if err != nil {
+				t.Fatalf("Hangup() = %v", err)
+			}
+			if got := len(phone.hungUp) > 0; got != tt.wantHungUp {
+				t.Errorf("hung up locally = %v, want %v", got, tt.wantHungUp)
+			}
+			if got := len(fwd.calls) > 0; got != tt.wantForwarded {
+				t.Errorf("forwarded = %v (%v), want %v", got, fwd.calls, tt.wantForwarded)
+			}
+			if got := len(phone.stateless) > 0; got != tt.wantStateless {
+				t.Errorf("ended from state = %v, want %v", got, tt.wantStateless)
+			}
+			ended := store.ended()
+			if tt.wantEnded == nil {
+				if len(ended) != 0 {
+					t.Errorf("ended events = %+v, want none", ended)
+				}
+				return
+			}
+			if len(ended) != 1 || ended[0].SIPCode != tt.wantEnded.SIPCode || ended[0].Cause != tt.wantEnded.Cause || ended[0].By != tt.wantEnded.By {
+				t.Errorf("ended events = %+v, want one like %+v", ended, *tt.wantEnded)
+			}
+		})
+	}
+}
+
+func TestDial(t *testing.T) {
+	store := newMemStore()
+	svc := newService(store, &fakePhone{}, nil)
+	req := rtcapi.DialRequest{CallID: "c1", CustomerID: "cust", Destination: callapi.Address{Type: "tel", Target: "+15550001111"}, DialTimeout: 5}
+	got, err := svc.Dial(context.Background(), req)
+	if err != nil || got != (rtcapi.DialResponse{NodeID: "me", SIPCallID: "sip-c1"}) {
+		t.Fatalf("Dial() = %+v, %v", got, err)
+	}
+	d, _ := store.Get(context.Background(), "c1")
+	if d.RequestURI != "sip:+15550001111@127.0.0.1:5080" || d.DialTimeout != 5*time.Second || d.MaxDuration != time.Hour || d.State != StateCalling {
+		t.Errorf("stored dialog = %+v", d)
+	}
+	// The same dial again (a redelivery) answers the same.
+	if again, err := svc.Dial(context.Background(), req); err != nil || again != got {
+		t.Errorf("second Dial() = %+v, %v", again, err)
+	}
+	// A failing phone's typed error comes back as it is.
+	failing := newService(newMemStore(), &fakePhone{callErr: apierr.New(apierr.Unavailable, rtcapi.ErrReasonDialFailed, "x")}, nil)
+	if _, err := failing.Dial(context.Background(), rtcapi.DialRequest{CallID: "c2", CustomerID: "cust",
+		Destination: callapi.Address{Type: "tel", Target: "+15550001111"}}); !apierr.HasReason(err, rtcapi.ErrReasonDialFailed) {
+		t.Errorf("Dial() = %v, want %s", err, rtcapi.ErrReasonDialFailed)
+	}
+}
+
+// A change the store cannot take yet is retried, not lost.
+func TestRecordRetriesUntilStored(t *testing.T) {
+	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateAnswered})
+	store.fail = 3
+	svc := newService(store, &fakePhone{}, nil)
+	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: "remote"})
+	if ended := store.ended(); len(ended) != 1 {
+		t.Fatalf("ended events = %+v, want one after the store came back", ended)
+	}
+}
+
+func TestReap(t *testing.T) {
+	store := newMemStore(
+		Dialog{CallID: "orphan", NodeID: "me", State: StateAnswered},
+		Dialog{CallID: "running", NodeID: "me", State: StateRinging},
+		Dialog{CallID: "theirs", NodeID: "other", State: StateAnswered},
+		Dialog{CallID: "done", NodeID: "me", State: StateEnded},
+	)
+	phone := &fakePhone{}
+	n, err := newService(store, phone, nil).Reap(context.Background(), func(id string) bool { return id == "running" })
+	if err != nil || n != 1 {
+		t.Fatalf("Reap() = %d, %v; want 1", n, err)
+	}
+	if len(phone.stateless) != 1 || phone.stateless[0] != "orphan" {
+		t.Errorf("ended %v, want only the orphan", phone.stateless)
+	}
+}
