@@ -62,7 +62,11 @@ type stack struct {
 	done     chan error
 	stopOnce sync.Once
 	runErr   error
+	srvOnce  sync.Once
 }
+
+// closeServer stops the HTTP server (after stop, which closed the connections).
+func (s *stack) closeServer() { s.srvOnce.Do(s.srv.Close) }
 
 func newStack(t testing.TB, opts Options) *stack {
 	t.Helper()
@@ -90,7 +94,7 @@ func newStackOn(t testing.TB, conn *amqp.Conn, opts Options) *stack {
 		if err := s.stop(t); err != nil {
 			t.Errorf("Run: %v", err)
 		}
-		s.srv.Close()
+		s.closeServer()
 	})
 	testenv.Eventually(t, 20*time.Second, "the event stream to be ready", func() bool { return s.h.Check(ctx) == nil })
 	return s
