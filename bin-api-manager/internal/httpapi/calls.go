@@ -264,7 +264,7 @@ func (c *calls) list(w http.ResponseWriter, r *http.Request) error {
 	}
 	scope, ok := id.Scope(requested)
 	if !ok { // another customer's calls: as if there were none
-		writeJSON(w, http.StatusOK, callapi.ListResponse{Result: []callapi.Call{}})
+		writeJSON(w, http.StatusOK, listJSON[callapi.Call]{Result: []callapi.Call{}})
 		return nil
 	}
 	lq.CustomerID = scope

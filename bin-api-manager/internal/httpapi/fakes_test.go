@@ -69,7 +69,7 @@ func (f *fakeCalls) routes() map[string]rpc.HandlerFunc {
 		callapi.RouteCreate: f.create,
 		callapi.RouteList:   f.list,
 		callapi.RouteGet: func(ctx context.Context, r *rpc.Request) (*rpc.Response, error) {
-			return f.one(ctx, r, func(c *callapi.Call) error { return nil })
+			return f.one(ctx, r, nil)
 		},
 		callapi.RouteHangup: func(ctx context.Context, r *rpc.Request) (*rpc.Response, error) {
 			return f.one(ctx, r, func(c *callapi.Call) error {
@@ -159,7 +159,7 @@ func (f *fakeCalls) list(ctx context.Context, r *rpc.Request) (*rpc.Response, er
 	return rpc.JSON(200, out)
 }
 
-// one finds the call of r (scoped by ?customer_id=), applies change, and answers the call.
+// one finds the call of r (scoped by ?customer_id=), applies change (if any), and answers the call.
 func (f *fakeCalls) one(ctx context.Context, r *rpc.Request, change func(*callapi.Call) error) (*rpc.Response, error) {
 	f.record(ctx, r)
 	f.mu.Lock()
@@ -172,10 +172,12 @@ func (f *fakeCalls) one(ctx context.Context, r *rpc.Request, change func(*callap
 		if cid := r.Query().Get("customer_id"); cid != "" && cid != c.CustomerID {
 			break
 		}
-		if err := change(c); err != nil {
-			return nil, err
+		if change != nil {
+			if err := change(c); err != nil {
+				return nil, err
+			}
+			c.TMUpdate = time.Now().UTC()
 		}
-		c.TMUpdate = time.Now().UTC()
 		return rpc.JSON(200, *c)
 	}
 	return nil, apierr.New(apierr.NotFound, callapi.ErrReasonCallNotFound, "call not found")

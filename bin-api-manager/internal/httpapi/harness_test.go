@@ -12,6 +12,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,6 +77,19 @@ type harness struct {
 	billing *fakeBilling
 	hooks   *fakeWebhooks
 	root    string // the superadmin's token
+	// limiterCalls counts the requests that reached the rate limiter.
+	limiterCalls atomic.Int64
+}
+
+// countingLimiter counts calls of the limiter it wraps.
+type countingLimiter struct {
+	next  httpapi.Limiter
+	calls *atomic.Int64
+}
+
+func (c countingLimiter) Allow(ctx context.Context, key string, rate, burst int) (bool, time.Duration, error) {
+	c.calls.Add(1)
+	return c.next.Allow(ctx, key, rate, burst)
 }
 
 // renamed sends each contract queue to the harness's own queue, so tests never meet the real
@@ -147,7 +161,9 @@ var wsStub = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("panic") == "1" {
 		panic("ws stub: boom")
 	}
-	w.WriteHeader(http.StatusUpgradeRequired)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusBadRequest)
+	_, _ = w.Write([]byte(`{"error":{"status":"INVALID_ARGUMENT","reason":"WEBSOCKET_UPGRADE_REQUIRED","message":"stub","request_id":"x","details":[]}}`))
 })
 
 func newHarness(t *testing.T, o options) *harness {
@@ -208,7 +224,7 @@ func newHarness(t *testing.T, o options) *harness {
 	handler := httpapi.New(httpapi.Deps{
 		Log: log, Registerer: reg, Identity: h.svc, Auth: httpauth.New(h.svc),
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
-		Limiter: cache.NewLimiter(limiterRedis, prefix+"rl:"), RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
+		Limiter: countingLimiter{next: cache.NewLimiter(limiterRedis, prefix+"rl:"), calls: &h.limiterCalls}, RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
 		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour, time.Minute),
 		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: wsStub,
 	})
@@ -400,6 +416,9 @@ func validateResponse(req *http.Request, resp *http.Response, body []byte) error
 	d, router, _ := loadDoc()
 	if resp.Header.Get("X-Request-Id") == "" {
 		return errString("no X-Request-Id")
+	}
+	if req.Method == http.MethodOptions && req.Header.Get("Access-Control-Request-Method") != "" {
+		return nil // a CORS preflight: protocol, not API
 	}
 	// Match on the path alone: the document's server is "/".
 	u := *req.URL

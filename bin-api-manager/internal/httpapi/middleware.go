@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -221,27 +222,38 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// limiterTimeout bounds a limiter call, so a hung Redis slows no request by more than this.
+// limiterTimeout bounds a limiter call, so a hung Redis slows a request by at most this much.
 const limiterTimeout = 250 * time.Millisecond
 
+// limiterBackoff is how long the limiter is left alone after it failed: requests then pass
+// unlimited without waiting for a Redis that is known to be down.
+const limiterBackoff = time.Second
+
 // rateLimit refuses requests over limit with 429 RATE_LIMIT_EXCEEDED and Retry-After. When the
-// limiter fails it lets the request through (fail open) and counts it: Redis being down must
-// never turn into errors for callers.
+// limiter fails it lets the request through (fail open), counts it, and skips the limiter for
+// limiterBackoff: Redis being down must never turn into errors, nor into slowness, for callers.
 func (a *api) rateLimit(scope string, l Limiter, limit RateLimit, key func(*http.Request) string) func(http.Handler) http.Handler {
-	var lastWarn atomic.Int64
+	var lastWarn, downUntil atomic.Int64
 	return func(next http.Handler) http.Handler {
 		if l == nil || limit.Rate <= 0 {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			now := time.Now()
+			if now.UnixNano() < downUntil.Load() {
+				a.m.limiterErrors.WithLabelValues(scope).Inc()
+				next.ServeHTTP(w, r)
+				return
+			}
 			ctx, cancel := context.WithTimeout(r.Context(), limiterTimeout)
 			allowed, retry, err := l.Allow(ctx, key(r), limit.Rate, limit.Burst)
 			cancel()
 			if err != nil {
 				a.m.limiterErrors.WithLabelValues(scope).Inc()
+				downUntil.Store(time.Now().Add(limiterBackoff).UnixNano())
 				// One warning per 10 s is enough to tell an operator; the counter has the rest.
-				if now := time.Now().Unix(); now-lastWarn.Load() >= 10 {
-					lastWarn.Store(now)
+				if now.Unix()-lastWarn.Load() >= 10 {
+					lastWarn.Store(now.Unix())
 					a.log.WarnContext(r.Context(), "rate limiter unavailable, letting requests through", "scope", scope, "error", err)
 				}
 				next.ServeHTTP(w, r)
@@ -301,17 +313,48 @@ func (a *api) routeNotFound(w http.ResponseWriter, r *http.Request) {
 	a.fail(w, r, apierr.Newf(apierr.NotFound, apierr.ReasonRouteNotFound, "no route %s %s", r.Method, r.URL.Path))
 }
 
-// methodNotAllowed answers 405 with an Allow header listing the methods the path has.
+// methodNotAllowed answers 405 with an Allow header listing the methods the path has. The
+// table of routes is read on first use, once every route is registered.
 func (a *api) methodNotAllowed(routes chi.Routes) http.HandlerFunc {
+	type route struct {
+		method   string
+		segments []string
+	}
+	var once sync.Once
+	var table []route
+	split := func(p string) []string { return strings.Split(strings.Trim(p, "/"), "/") }
 	return func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() {
+			_ = chi.Walk(routes, func(method, pattern string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+				table = append(table, route{method: method, segments: split(pattern)})
+				return nil
+			})
+		})
+		path := split(r.URL.Path)
 		var allowed []string
 		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
-			if routes.Match(chi.NewRouteContext(), m, r.URL.Path) {
-				allowed = append(allowed, m)
+			for _, rt := range table {
+				if rt.method == m && segmentsMatch(rt.segments, path) {
+					allowed = append(allowed, m)
+					break
+				}
 			}
 		}
 		w.Header().Set("Allow", strings.Join(allowed, ", "))
 		a.fail(w, r, apierr.Newf(apierr.MethodNotAllowed, apierr.ReasonMethodNotAllowed,
 			"method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
 	}
+}
+
+// segmentsMatch matches path segments against a chi pattern's ("{id}" matches any one segment).
+func segmentsMatch(pattern, path []string) bool {
+	if len(pattern) != len(path) {
+		return false
+	}
+	for i, p := range pattern {
+		if !strings.HasPrefix(p, "{") && p != path[i] {
+			return false
+		}
+	}
+	return true
 }
