@@ -3,6 +3,9 @@ package subscriber_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,5 +111,124 @@ func TestEventsBecomeDeliveries(t *testing.T) {
 	}
 	if len(types) != 3 || types[0] != "call.created" || types[1] != "billing.charged" || types[2] != "call.ended" {
 		t.Fatalf("deliveries of %v, want call.created, billing.charged, call.ended once each", types)
+	}
+}
+
+// waitConsumers waits until queue has n consumers.
+func waitConsumers(t *testing.T, conn *amqp.Conn, queue string, n int) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, fmt.Sprintf("%d consumers on %s", n, queue), func() bool {
+		ch, err := conn.Channel(context.Background())
+		if err != nil {
+			return false
+		}
+		defer ch.Close()
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, amqp.Table{"x-single-active-consumer": true})
+		return err == nil && q.Consumers == n
+	})
+}
+
+type recorder struct {
+	mu   sync.Mutex
+	seen []event.Event
+	fail error
+}
+
+func (r *recorder) handle(_ context.Context, ev event.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail != nil {
+		return r.fail
+	}
+	r.seen = append(r.seen, ev)
+	return nil
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.seen)
+}
+
+func startSub(t *testing.T, conn *amqp.Conn, opts subscriber.Options, h subscriber.Handler) context.CancelFunc {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = subscriber.New(conn, testenv.Logger(t), opts, h).Run(ctx) }()
+	stop := func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
+}
+
+// Two instances on one queue: one consumes every event, in order; when it stops, the other takes
+// over. That is what keeps a call's events in order with several webhook managers.
+func TestOneActiveConsumerInOrderWithFailover(t *testing.T) {
+	conn := testenv.Rabbit(t)
+	queue := testenv.Name("webhook-events")
+	testenv.DeleteQueuesAtCleanup(t, conn, queue, event.DeadQueue(queue))
+	a, b := &recorder{}, &recorder{}
+	stopA := startSub(t, conn, subscriber.Options{Queue: queue}, a.handle)
+	waitConsumers(t, conn, queue, 1)
+	startSub(t, conn, subscriber.Options{Queue: queue}, b.handle)
+	waitConsumers(t, conn, queue, 2)
+
+	customer, call := uuid.NewString(), uuid.NewString()
+	const n = 50
+	for seq := int64(1); seq <= n; seq++ {
+		publish(t, conn, event.ExchangeCall, func() event.Event {
+			ev, _ := event.New("call.updated", customer, "call", call, seq, map[string]any{})
+			return ev
+		}())
+	}
+	testenv.Eventually(t, 10*time.Second, "every event handled", func() bool { return a.count()+b.count() >= n })
+	if a.count() != n || b.count() != 0 {
+		t.Fatalf("first instance handled %d, second %d: want all %d by the active one", a.count(), b.count(), n)
+	}
+	for i, ev := range a.seen {
+		if ev.Sequence != int64(i+1) {
+			t.Fatalf("event %d handled has sequence %d: out of order", i, ev.Sequence)
+		}
+	}
+
+	stopA()
+	later, _ := event.New("call.ended", customer, "call", call, n+1, map[string]any{})
+	publish(t, conn, event.ExchangeCall, later)
+	testenv.Eventually(t, 10*time.Second, "the second instance to take over", func() bool { return b.count() == 1 })
+}
+
+// A failing handler's event ends in the dead-letter queue with the reason, and so does a malformed
+// envelope: nothing is dropped.
+func TestFailuresAreDeadLettered(t *testing.T) {
+	conn := testenv.Rabbit(t)
+	queue := testenv.Name("webhook-events")
+	testenv.DeleteQueuesAtCleanup(t, conn, queue, event.DeadQueue(queue))
+	r := &recorder{fail: fmt.Errorf("mysql is down")}
+	startSub(t, conn, subscriber.Options{Queue: queue, MaxAttempts: 2, Backoff: time.Millisecond}, r.handle)
+	waitConsumers(t, conn, queue, 1)
+
+	ev, _ := event.New("call.created", uuid.NewString(), "call", uuid.NewString(), 1, map[string]any{})
+	publish(t, conn, event.ExchangeCall, ev)
+	if err := conn.Publish(context.Background(), event.ExchangeCall, "customer_id.x.call.created",
+		amqp.Publishing{ContentType: "application/json", Body: []byte("{not json")}, amqp.PublishOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := conn.Channel(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	var dead []amqp.Delivery
+	testenv.Eventually(t, 10*time.Second, "two dead letters", func() bool {
+		d, ok, err := ch.Get(event.DeadQueue(queue), true)
+		if err == nil && ok {
+			dead = append(dead, d)
+		}
+		return len(dead) == 2
+	})
+	if got := fmt.Sprint(dead[0].Headers["x-error"]); got != "mysql is down" || string(dead[0].Body) == "" {
+		t.Fatalf("first dead letter: x-error %q", got)
+	}
+	if got := fmt.Sprint(dead[1].Headers["x-error"]); !strings.Contains(got, "malformed") {
+		t.Fatalf("second dead letter: x-error %q", got)
 	}
 }
