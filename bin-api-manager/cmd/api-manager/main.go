@@ -6,24 +6,40 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
+	"voipbin/bin-api-manager/internal/cache"
 	"voipbin/bin-api-manager/internal/config"
+	"voipbin/bin-api-manager/internal/httpapi"
+	"voipbin/bin-api-manager/internal/httpauth"
+	"voipbin/bin-api-manager/internal/identity"
+	"voipbin/bin-api-manager/internal/mysql"
+	"voipbin/bin-api-manager/internal/rpcclient"
 	"voipbin/bin-api-manager/migrations"
 	"voipbin/pkg/amqp"
+	"voipbin/pkg/billingapi"
+	"voipbin/pkg/callapi"
 	"voipbin/pkg/event"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
 	"voipbin/pkg/telemetry"
+	"voipbin/pkg/webhookapi"
 )
 
 const service = "api-manager"
@@ -58,12 +74,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		return nil
 	}
 
+	var tlsCert tls.Certificate
+	if cfg.TLS() {
+		if tlsCert, err = tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			return fmt.Errorf("TLS_CERT_FILE/TLS_KEY_FILE: %w", err)
+		}
+	}
+
 	conn, err := amqp.Dial(startCtx, cfg.RabbitMQAddress, log)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddress})
+	if err := conn.Declare(startCtx, func(ch *amqp.Channel) error { return event.DeclareExchange(ch, event.ExchangeCustomer) }); err != nil {
+		return fmt.Errorf("declare %s: %w", event.ExchangeCustomer, err)
+	}
+	// Redis is a cache: short timeouts and few dial retries, so that when it is down the rate
+	// limiter fails open quickly and access keys are looked up in MySQL.
+	rdb := redis.NewClient(&redis.Options{Addr: cfg.RedisAddress, DialTimeout: time.Second, ReadTimeout: 500 * time.Millisecond,
+		WriteTimeout: 500 * time.Millisecond, DialerRetries: 1, DialerRetryTimeout: 50 * time.Millisecond, MaxRetries: 1,
+		ContextTimeoutEnabled: true})
 	defer rdb.Close()
 
 	reg := telemetry.NewRegistry()
@@ -72,11 +102,62 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		"rabbitmq": conn.Check,
 		"redis":    func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 	})
-	relay := event.NewRelay(db, conn, "customer_outbox", log, event.RelayOptions{Registerer: reg})
+	relay := event.NewRelay(db, conn, mysql.OutboxTable, log, event.RelayOptions{Registerer: reg})
+
+	rpcClient := rpc.NewClient(conn, log, rpc.ClientOptions{})
+	defer rpcClient.Close()
+	caller := rpcclient.New(rpcClient, log, reg)
+
+	ids, err := newIdentity(cfg, db, rdb, relay.Kick, log, reg)
+	if err != nil {
+		return err
+	}
+	created, err := ids.Bootstrap(startCtx, cfg.AdminUsername, cfg.AdminPassword)
+	if err != nil {
+		return fmt.Errorf("superadmin bootstrap: %w", err)
+	}
+	if created {
+		log.Info("superadmin created", "username", cfg.AdminUsername)
+	}
+
+	handler := httpapi.New(httpapi.Deps{
+		Log: log, Registerer: reg,
+		Identity: ids, Auth: httpauth.New(ids),
+		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
+		Limiter:     cache.NewLimiter(rdb, "api:ratelimit:"),
+		RateLimitIP: httpapi.RateLimit(cfg.RateLimitIP), RateLimitCustomer: httpapi.RateLimit(cfg.RateLimitCustomer),
+		Idempotency: cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour, time.Minute),
+		CORSOrigins: cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
+		// WS stays nil until the WebSocket endpoint (internal/ws) is wired here.
+	})
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	ln, err := net.Listen("tcp", cfg.HTTPAddress)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDRESS: %w", err)
+	}
+	if cfg.TLS() {
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{tlsCert}, MinVersion: tls.VersionTLS12})
+	}
 
 	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
 	work, workCtx := errgroup.WithContext(ctx)
 	work.Go(func() error { return relay.Run(workCtx) })
+	work.Go(func() error {
+		log.Info("http server listening", "address", ln.Addr().String(), "tls", cfg.TLS())
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	work.Go(func() error {
+		<-workCtx.Done()
+		// Stop taking requests, let those in flight finish.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(workCtx), 15*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	})
 
 	adminCtx, stopAdmin := context.WithCancel(context.Background())
 	adminDone := make(chan error, 1)
@@ -96,4 +177,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newIdentity wires the identity service to MySQL and the Redis access-key cache.
+func newIdentity(cfg config.Config, db *sql.DB, rdb *redis.Client, committed func(), log *slog.Logger, reg prometheus.Registerer) (*identity.Service, error) {
+	keys := make([]identity.Key, len(cfg.JWTKeys))
+	for i, k := range cfg.JWTKeys {
+		keys[i] = identity.Key{ID: k.ID, Secret: k.Secret}
+	}
+	tokens, err := identity.NewTokens(keys, cfg.JWTLifetime, nil)
+	if err != nil {
+		return nil, err
+	}
+	passwords, err := identity.NewPasswords(cfg.BcryptCost)
+	if err != nil {
+		return nil, err
+	}
+	store := mysql.NewStore(db, committed)
+	return identity.NewService(identity.Deps{Users: store, Customers: store, Keys: store,
+		Cache:  cache.NewAccessKeys(rdb, "api:accesskey:", cfg.AccessKeyCacheTTL, log, reg),
+		Tokens: tokens, Passwords: passwords}), nil
 }

@@ -448,3 +448,5 @@ func validateResponse(req *http.Request, resp *http.Response, body []byte) error
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(io.Discard, nil)) }

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"voipbin/pkg/customerapi"
+	"voipbin/pkg/event"
+	"voipbin/pkg/testenv"
+)
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func env(t *testing.T, extra map[string]string) func(string) string {
+	m := map[string]string{
+		"DATABASE_DSN":     testenv.MySQLDSN(t),
+		"RABBITMQ_ADDRESS": testenv.RabbitURL(),
+		"REDIS_ADDRESS":    testenv.RedisAddress(),
+		"ADMIN_ADDRESS":    "127.0.0.1:0",
+		"HTTP_ADDRESS":     "127.0.0.1:0",
+		"JWT_KEY":          "main-test-secret-of-at-least-32-bytes",
+		"BCRYPT_COST":      "4",
+		"LOG_LEVEL":        "debug",
+	}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return func(k string) string { return m[k] }
+}
+
+func TestRunRefusesToStartWithoutASuperadmin(t *testing.T) {
+	var out syncBuffer
+	err := run(context.Background(), nil, env(t, nil), &out)
+	if err == nil || !strings.Contains(err.Error(), "ADMIN_USERNAME") {
+		t.Fatalf("run() = %v, want a clear error naming ADMIN_USERNAME", err)
+	}
+}
+
+func TestRunMigrateOnly(t *testing.T) {
+	var out syncBuffer
+	if err := run(context.Background(), []string{"migrate"}, env(t, nil), &out); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "00002_identity.sql") {
+		t.Fatalf("no migration logged: %s", out.String())
+	}
+}
+
+// TestRunServesAndPublishes starts the binary's run with a fresh database: the superadmin is
+// created, logs in, creates a customer, and customer.created reaches customer.events; then a
+// cancel stops everything cleanly.
+func TestRunServesAndPublishes(t *testing.T) {
+	conn := testenv.Rabbit(t)
+	queue := testenv.Name("customer_created")
+	testenv.DeleteQueuesAtCleanup(t, conn, queue)
+	ch, err := conn.Channel(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if err := event.DeclareExchange(ch, event.ExchangeCustomer); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, false, true, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(queue, event.TypeKey(customerapi.EventCreated), event.ExchangeCustomer, false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, nil, env(t, map[string]string{"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin"}), &out)
+	}()
+	var base string
+	testenv.Eventually(t, 30*time.Second, "the http server to listen", func() bool {
+		for _, l := range strings.Split(out.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "http server listening" {
+				base = "http://" + m["address"].(string)
+				return true
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run ended: %v\n%s", err, out.String())
+		default:
+		}
+		return false
+	})
+	post := func(path, token, body string) (int, map[string]any) {
+		req, _ := http.NewRequest("POST", base+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		var m map[string]any
+		_ = json.Unmarshal(b, &m)
+		return resp.StatusCode, m
+	}
+	code, login := post("/auth/login", "", `{"username":"admin","password":"admin"}`)
+	if code != 200 {
+		t.Fatalf("admin login: %d %v", code, login)
+	}
+	name := testenv.Name("cust")
+	code, created := post("/v1.0/customers", login["token"].(string), `{"name":"`+name+`","username":"`+strings.ReplaceAll(name, "_", "-")+`","password":"password-123"}`)
+	if code != 201 {
+		t.Fatalf("create customer: %d %v", code, created)
+	}
+	id := created["customer"].(map[string]any)["id"].(string)
+	testenv.Eventually(t, 10*time.Second, "customer.created on customer.events", func() bool {
+		d, ok, err := ch.Get(queue, true)
+		if err != nil || !ok {
+			return false
+		}
+		var ev event.Event
+		return json.Unmarshal(d.Body, &ev) == nil && ev.ResourceID == id && ev.EventType == customerapi.EventCreated
+	})
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run() = %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not stop")
+	}
+	if !strings.Contains(out.String(), `"msg":"stopped"`) {
+		t.Fatalf("no clean stop in the log")
+	}
+}
