@@ -177,4 +177,3 @@ func TestValidatorRejectsWhatTheDocumentForbids(t *testing.T) {
 		})
 	}
 }
-
