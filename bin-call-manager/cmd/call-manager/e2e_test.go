@@ -543,6 +543,46 @@ func TestHangupWhenRTCCannotEndTheDialogEndsTheCallAsFailed(t *testing.T) {
 	h.waitEvents(c.ID, callapi.EventCreated, callapi.EventUpdated, callapi.EventEnded)
 }
 
+func TestHangupThatRacesTheDialReachesTheNode(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	ctx := context.Background()
+	hold := make(chan struct{})
+	h.rtc.mu.Lock()
+	h.rtc.hold = hold
+	h.rtc.mu.Unlock()
+	created := make(chan []callapi.Call, 1)
+	go func() {
+		calls, err := h.client.Create(ctx, callapi.CreateRequest{CustomerID: h.customerA, Source: tel("+15550000001"),
+			Destinations: []callapi.Address{tel("+15550000002")}})
+		if err != nil {
+			t.Error(err)
+		}
+		created <- calls
+	}()
+	var id string
+	testenv.Eventually(t, 10*time.Second, "the dial to be under way", func() bool {
+		dials, _ := h.rtc.snapshot()
+		if len(dials) == 1 {
+			id = dials[0].CallID
+		}
+		return id != ""
+	})
+	// No node known yet: the hang-up goes to any node.
+	got, err := h.client.Hangup(ctx, h.customerA, id)
+	if err != nil || got.Status != callapi.StatusCanceling {
+		t.Fatalf("Hangup during the dial = %+v, %v", got, err)
+	}
+	close(hold)
+	calls := <-created
+	if len(calls) != 1 || calls[0].Status != callapi.StatusCanceling {
+		t.Fatalf("Create returned %+v, want the call canceling", calls)
+	}
+	// Once the dial names the node, the hang-up is sent to it too.
+	testenv.Eventually(t, 5*time.Second, "the hang-up re-sent to the node", func() bool {
+		return reflect.DeepEqual(h.rtc.hangupsOf(id), []hangupReq{{Node: "", CallID: id}, {Node: h.rtc.node, CallID: id}})
+	})
+}
+
 func TestDeleteHangsUpThenHides(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
 	ctx := context.Background()

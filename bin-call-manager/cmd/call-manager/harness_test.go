@@ -126,6 +126,7 @@ type fakeRTC struct {
 	refuse  map[string]bool // destination targets whose dial is refused
 	gone    map[string]bool // call ids the node says it does not have
 	probes  int
+	hold    chan struct{} // when set, dials wait until it is closed
 }
 
 func (f *fakeRTC) dial(_ context.Context, r *rpc.Request) (*rpc.Response, error) {
@@ -136,7 +137,11 @@ func (f *fakeRTC) dial(_ context.Context, r *rpc.Request) (*rpc.Response, error)
 	f.mu.Lock()
 	f.dials = append(f.dials, req)
 	refused := f.refuse[req.Destination.Target]
+	hold := f.hold
 	f.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	if refused {
 		return nil, apierr.New(apierr.Unavailable, rtcapi.ErrReasonDialFailed, "sending the INVITE failed")
 	}
