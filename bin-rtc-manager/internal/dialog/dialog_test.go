@@ -13,7 +13,9 @@ import (
 func TestTransitions(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 10, 0, 0, 0, time.UTC)
 	ring := func(d *Dialog) []Emitted { return d.Ring(t0, 180) }
-	answer := func(d *Dialog) []Emitted { return d.Answered(t0.Add(time.Second), Answer{SIPCode: 200, To: "<sip:b@h>;tag=x"}) }
+	answer := func(d *Dialog) []Emitted {
+		return d.Answered(t0.Add(time.Second), Answer{SIPCode: 200, To: "<sip:b@h>;tag=x"})
+	}
 	end := func(e End) func(d *Dialog) []Emitted {
 		return func(d *Dialog) []Emitted { return d.Ended(t0.Add(3*time.Second), e) }
 	}
