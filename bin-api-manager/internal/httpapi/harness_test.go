@@ -58,13 +58,15 @@ type options struct {
 	// callQueue, when set, is where call requests go instead of the stand-in (e.g. a queue
 	// nobody consumes).
 	callQueue string
+	// bench: no response validation, and info-level logs to nowhere (as in production, minus I/O).
+	bench bool
 }
 
 // harness is the real router over real MariaDB, Redis and RabbitMQ, with the managers stood in
 // by rpc.Servers on queues of their own. Every response it receives is checked against the
 // OpenAPI document.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	url     string
 	client  *http.Client
 	db      *sql.DB
@@ -134,7 +136,7 @@ func (b *syncBuffer) lines() []map[string]any {
 	return out
 }
 
-func startServer(t *testing.T, conn *amqp.Conn, queue string, routes map[string]rpc.HandlerFunc) {
+func startServer(t testing.TB, conn *amqp.Conn, queue string, routes map[string]rpc.HandlerFunc) {
 	t.Helper()
 	testenv.DeleteQueuesAtCleanup(t, conn, queue)
 	srv := rpc.NewServer(conn, queue, testenv.Logger(t), rpc.ServerOptions{Workers: 16})
@@ -166,7 +168,7 @@ var wsStub = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte(`{"error":{"status":"INVALID_ARGUMENT","reason":"WEBSOCKET_UPGRADE_REQUIRED","message":"stub","request_id":"x","details":[]}}`))
 })
 
-func newHarness(t *testing.T, o options) *harness {
+func newHarness(t testing.TB, o options) *harness {
 	t.Helper()
 	ctx := context.Background()
 	db := testenv.MySQL(t)
@@ -184,6 +186,9 @@ func newHarness(t *testing.T, o options) *harness {
 	conn := testenv.Rabbit(t)
 	logs := &syncBuffer{}
 	log := telemetry.NewLogger(logs, "api-manager", slog.LevelDebug)
+	if o.bench {
+		log = telemetry.NewLogger(io.Discard, "api-manager", slog.LevelInfo)
+	}
 	reg := prometheus.NewRegistry()
 
 	h := &harness{t: t, db: db, rdb: rdb, prefix: prefix, reg: reg, logs: logs,
@@ -231,7 +236,10 @@ func newHarness(t *testing.T, o options) *harness {
 	srv := httptest.NewServer(handler)
 	t.Cleanup(srv.Close)
 	h.url = srv.URL
-	h.client = &http.Client{Transport: newValidator(t, srv.Client().Transport)}
+	h.client = srv.Client()
+	if !o.bench {
+		h.client = &http.Client{Transport: newValidator(t, srv.Client().Transport)}
+	}
 
 	resp, body := h.do("POST", "/auth/login", "", map[string]string{"username": rootUser, "password": rootPassword})
 	if resp.StatusCode != 200 {
@@ -315,7 +323,7 @@ func (h *harness) newCustomer(name string) customer {
 	return customer{id: created.Customer.ID, username: username, token: decodeJSON[map[string]any](h.t, login)["token"].(string)}
 }
 
-func decodeJSON[T any](t *testing.T, b []byte) T {
+func decodeJSON[T any](t testing.TB, b []byte) T {
 	t.Helper()
 	var v T
 	if err := json.Unmarshal(b, &v); err != nil {
@@ -332,7 +340,7 @@ type apiError struct {
 	Details   []map[string]any `json:"details"`
 }
 
-func decodeError(t *testing.T, b []byte) apiError {
+func decodeError(t testing.TB, b []byte) apiError {
 	t.Helper()
 	return decodeJSON[struct {
 		Error apiError `json:"error"`
@@ -384,11 +392,11 @@ func loadDoc() (*openapi3.T, routers.Router, error) {
 // operation's declared response (status, headers, body schema), or the Error schema for paths
 // the document does not have. Every response must carry X-Request-Id.
 type validator struct {
-	t    *testing.T
+	t    testing.TB
 	next http.RoundTripper
 }
 
-func newValidator(t *testing.T, next http.RoundTripper) *validator {
+func newValidator(t testing.TB, next http.RoundTripper) *validator {
 	if _, _, err := loadDoc(); err != nil {
 		t.Fatalf("OpenAPI document: %v", err)
 	}
