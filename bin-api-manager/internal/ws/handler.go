@@ -48,6 +48,12 @@ type Authenticator interface {
 	Authenticate(r *http.Request) (Identity, error)
 }
 
+// AuthFunc adapts a function to Authenticator.
+type AuthFunc func(r *http.Request) (Identity, error)
+
+// Authenticate calls f.
+func (f AuthFunc) Authenticate(r *http.Request) (Identity, error) { return f(r) }
+
 // Reasons of the HTTP refusals this package writes before an upgrade.
 const (
 	ReasonOriginNotAllowed  = "ORIGIN_NOT_ALLOWED"
@@ -69,8 +75,8 @@ type Options struct {
 	SocketWriteBuffer int
 	// Exchanges consumed; default call.events and billing.events.
 	Exchanges []string
-	// CheckOrigin overrides the default origin policy: same host, no Origin header, or a request
-	// that does not carry the token cookie (a cross-site page cannot learn an explicit token).
+	// CheckOrigin overrides the default origin policy: no Origin header, the same host, or an
+	// explicit credential (not the cookie, which a browser adds to cross-site requests too).
 	CheckOrigin func(r *http.Request) bool
 }
 
@@ -308,7 +314,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // originAllowed guards against cross-site WebSocket hijacking: a browser sends cookies with a
-// cross-site upgrade, so a cross-origin request must not be authenticated by the token cookie.
+// cross-site upgrade, so a cross-origin request is accepted only with an explicit credential (an
+// Authorization header, ?token= or ?accesskey=), which a cross-site page cannot know and which the
+// gateway's authenticator prefers to the cookie (httpauth.Credential).
 func (h *Handler) originAllowed(r *http.Request) bool {
 	if h.opts.CheckOrigin != nil {
 		return h.opts.CheckOrigin(r)
@@ -320,8 +328,8 @@ func (h *Handler) originAllowed(r *http.Request) bool {
 	if u, err := url.Parse(origin); err == nil && strings.EqualFold(u.Host, r.Host) {
 		return true
 	}
-	_, err := r.Cookie("token")
-	return err != nil
+	q := r.URL.Query()
+	return r.Header.Get("Authorization") != "" || q.Get("token") != "" || q.Get("accesskey") != ""
 }
 
 // hijackable lets the upgrade through middleware whose ResponseWriter wraps the server's without

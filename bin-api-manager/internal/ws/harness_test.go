@@ -76,7 +76,7 @@ func newStack(t testing.TB, opts Options) *stack {
 func newStackOn(t testing.TB, conn *amqp.Conn, opts Options) *stack {
 	t.Helper()
 	s := &stack{conn: conn, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
-	s.h = NewHandler(Deps{Conn: conn, Log: testenv.Logger(t), Registerer: s.reg, Auth: fakeAuth{}, Options: opts})
+	s.h = NewHandler(Deps{Conn: conn, Log: testenv.Logger(t), Registerer: s.reg, Auth: AuthFunc(fakeAuth{}.Authenticate), Options: opts})
 	var ctx context.Context
 	ctx, s.cancel = context.WithCancel(context.Background())
 	go func() { s.done <- s.h.Run(ctx) }()

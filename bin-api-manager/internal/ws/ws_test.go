@@ -95,6 +95,9 @@ func TestUpgradeRefusedWithErrorEnvelope(t *testing.T) {
 			"explicit token, cross-origin": func() (*websocket.Conn, *http.Response, error) {
 				return s.tryDial("cust:"+cust, http.Header{"Origin": {"https://dashboard.example"}})
 			},
+			"explicit token and cookie, cross-origin": func() (*websocket.Conn, *http.Response, error) {
+				return s.tryDial("cust:"+cust, http.Header{"Origin": {"https://dashboard.example"}, "Cookie": {"token=cust:" + cust}})
+			},
 		} {
 			c, resp, err := dial()
 			if err != nil {
