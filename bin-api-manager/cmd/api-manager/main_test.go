@@ -3,9 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"io"
+	"math/big"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -96,22 +107,7 @@ func TestRunServesAndPublishes(t *testing.T) {
 	go func() {
 		done <- run(ctx, nil, env(t, map[string]string{"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin"}), &out)
 	}()
-	var base string
-	testenv.Eventually(t, 30*time.Second, "the http server to listen", func() bool {
-		for _, l := range strings.Split(out.String(), "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "http server listening" {
-				base = "http://" + m["address"].(string)
-				return true
-			}
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("run ended: %v\n%s", err, out.String())
-		default:
-		}
-		return false
-	})
+	base := "http://" + waitListening(t, &out, done)
 	post := func(path, token, body string) (int, map[string]any) {
 		req, _ := http.NewRequest("POST", base+path, strings.NewReader(body))
 		if token != "" {
@@ -158,4 +154,94 @@ func TestRunServesAndPublishes(t *testing.T) {
 	if !strings.Contains(out.String(), `"msg":"stopped"`) {
 		t.Fatalf("no clean stop in the log")
 	}
+}
+
+// TestRunServesTLS serves HTTPS with the configured certificate and marks the cookie Secure.
+func TestRunServesTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := writeSelfSigned(t, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, nil, env(t, map[string]string{"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin",
+			"TLS_CERT_FILE": certFile, "TLS_KEY_FILE": keyFile}), &out)
+	}()
+	addr := waitListening(t, &out, done)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // our own self-signed test certificate
+	resp, err := client.Post("https://"+addr+"/auth/login", "application/json", strings.NewReader(`{"username":"admin","password":"admin"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(resp.Cookies()) != 1 || !resp.Cookies()[0].Secure {
+		t.Fatalf("login over TLS: %d, cookies %v", resp.StatusCode, resp.Cookies())
+	}
+	if resp, err := http.Get("http://" + addr + "/ping"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP answered on the TLS port")
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRunRefusesAMissingCertificate(t *testing.T) {
+	var out syncBuffer
+	err := run(context.Background(), nil, env(t, map[string]string{"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin",
+		"TLS_CERT_FILE": "/nonexistent/cert.pem", "TLS_KEY_FILE": "/nonexistent/key.pem"}), &out)
+	if err == nil || !strings.Contains(err.Error(), "TLS_CERT_FILE") {
+		t.Fatalf("run() = %v, want an error naming TLS_CERT_FILE", err)
+	}
+}
+
+func waitListening(t *testing.T, out *syncBuffer, done chan error) string {
+	t.Helper()
+	var addr string
+	testenv.Eventually(t, 30*time.Second, "the http server to listen", func() bool {
+		for _, l := range strings.Split(out.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "http server listening" {
+				addr = m["address"].(string)
+				return true
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run ended: %v\n%s", err, out.String())
+		default:
+		}
+		return false
+	})
+	return addr
+}
+
+func writeSelfSigned(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"voipbin/bin-api-manager/internal/identity"
+	"voipbin/pkg/testenv"
 )
 
 func TestPingAndDocument(t *testing.T) {
@@ -216,4 +217,25 @@ func TestCustomers(t *testing.T) {
 		t.Fatalf("own customer = %v", got)
 	}
 	h.expectError(404, "CUSTOMER_NOT_FOUND", "GET", "/v1.0/customer", h.root, nil)
+}
+
+// TestDeletedKeyStopsWithinFiveSeconds deletes a cached key behind the cache's back (as when an
+// instance could not reach Redis while deleting it): the key must still stop working within 5 s.
+func TestDeletedKeyStopsWithinFiveSeconds(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, options{})
+	c := h.newCustomer("acme")
+	key := decodeJSON[map[string]any](t, h.must(201, "POST", "/v1.0/accesskeys", c.token, map[string]any{"name": "ci", "expire": 3600}))["token"].(string)
+	h.must(200, "GET", "/v1.0/customer", key, nil) // now cached
+	if _, err := h.db.Exec("UPDATE customer_accesskeys SET tm_delete = UTC_TIMESTAMP(6)"); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	testenv.Eventually(t, 6*time.Second, "the deleted key to be refused", func() bool {
+		resp, _ := h.do("GET", "/v1.0/customer", key, nil)
+		return resp.StatusCode == 401
+	})
+	if took := time.Since(deleted); took > 5*time.Second+500*time.Millisecond {
+		t.Fatalf("the key worked for %s after its deletion", took)
+	}
 }
