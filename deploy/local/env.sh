@@ -26,6 +26,11 @@ export DATABASE_DSN RABBITMQ_ADDRESS REDIS_ADDRESS LOG_LEVEL
 : "${SIP_LISTEN_ADDRESS:=127.0.0.1:5060}"
 : "${RTC_TEL_TRUNK_URI:=sip:{number\}@127.0.0.1:5080}"
 : "${NODE_ID:=local-rtc-1}"
+# How long an unanswered dial rings before CANCEL (reason noanswer), and the longest answered call
+# before our BYE (reason timeout). SIP_EXTERNAL_ADDRESS (Contact/Via), RTC_TRUNK_USERNAME/PASSWORD
+# (digest) and RTC_RTP_PORT_MIN/MAX are read from the environment when exported.
+: "${RTC_DIAL_TIMEOUT:=60s}"
+: "${RTC_MAX_DURATION:=1h}"
 
 # webhook-manager: local receivers are allowed, which production forbids.
 : "${WEBHOOK_ALLOWED_NETWORKS:=127.0.0.0/8,::1/128}"

@@ -59,7 +59,7 @@ proc_env() {
 	api) proc_vars+=("HTTP_ADDRESS=$HTTP_ADDRESS" "JWT_KEY=$JWT_KEY" "ADMIN_USERNAME=$ADMIN_USERNAME"
 		"ADMIN_PASSWORD=$ADMIN_PASSWORD" "CORS_ORIGINS=$CORS_ORIGINS") ;;
 	rtc) proc_vars+=("SIP_LISTEN_ADDRESS=$SIP_LISTEN_ADDRESS" "RTC_TEL_TRUNK_URI=$RTC_TEL_TRUNK_URI"
-		"NODE_ID=$NODE_ID") ;;
+		"NODE_ID=$NODE_ID" "RTC_DIAL_TIMEOUT=$RTC_DIAL_TIMEOUT" "RTC_MAX_DURATION=$RTC_MAX_DURATION") ;;
 	webhook) proc_vars+=("WEBHOOK_ALLOWED_NETWORKS=$WEBHOOK_ALLOWED_NETWORKS") ;;
 	billing) proc_vars+=("BILLING_INITIAL_BALANCE=$BILLING_INITIAL_BALANCE" "BILLING_RATE_TEL=$BILLING_RATE_TEL"
 		"BILLING_RATE_SIP=$BILLING_RATE_SIP") ;;
@@ -281,11 +281,24 @@ banner() {
 # What to try first, printed in the banner once everything is ready. Extend it as features land
 # (place a call, open the event WebSocket, register a webhook, ...).
 print_quickstart() {
-	printf '  Quick start\n'
-	printf '    # log in; the response carries the token for "Authorization: Bearer ..."\n'
-	printf '    curl -s -X POST http://%s/auth/login -H '\''Content-Type: application/json'\'' -d '\''{"username":"%s","password":"%s"}'\''\n' \
-		"$HTTP_ADDRESS" "$ADMIN_USERNAME" "$ADMIN_PASSWORD"
-	printf '\n'
+	local api="http://$HTTP_ADDRESS" json="Content-Type: application/json"
+	cat <<QUICKSTART
+  Quick start (paste into a shell)
+    # log in as the platform admin and keep the token
+    TOKEN=\$(curl -s -X POST $api/auth/login -H '$json' -d '{"username":"$ADMIN_USERNAME","password":"$ADMIN_PASSWORD"}' | sed -E 's/.*"token":"([^"]+)".*/\\1/')
+    # create a customer with its own admin user, and log in as that user
+    curl -s -X POST $api/v1.0/customers -H "Authorization: Bearer \$TOKEN" -H '$json' -d '{"name":"demo","username":"demo-admin","password":"demo-password-1"}'
+    CTOKEN=\$(curl -s -X POST $api/auth/login -H '$json' -d '{"username":"demo-admin","password":"demo-password-1"}' | sed -E 's/.*"token":"([^"]+)".*/\\1/')
+    # place a real SIP call to the carrier simulator: rings 1 s, answers, hangs up after 5 s
+    curl -s -X POST $api/v1.0/calls -H "Authorization: Bearer \$CTOKEN" -H '$json' -d '{"source":{"type":"tel","target":"+15550001111"},"destinations":[{"type":"tel","target":"+1200000005"}]}'
+    # follow it (ringing, progressing, then hangup with duration 5)
+    curl -s $api/v1.0/calls -H "Authorization: Bearer \$CTOKEN"
+
+  Carrier simulator numbers ($CARRIER_LISTEN_ADDRESS): +1200000005 answer, hang up after 5 s (+1200NNNNNN: after N s;
+  +1200000000: never) · +1180000000 ring until cancelled · +1486000000 busy · +1403000000 / +1404000000 /
+  +1503000000 / +1603000000 rejected with that SIP code
+
+QUICKSTART
 }
 # ==== end print_quickstart ==========================================================================
 
