@@ -10,6 +10,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/emiago/sipgo/sip"
+
 	"voipbin/bin-rtc-manager/internal/carrier"
 	"voipbin/pkg/envconf"
 	"voipbin/pkg/telemetry"
@@ -18,6 +20,8 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// sipgo's package-wide logger must be set before any use.
+	sip.SetDefaultLogger(telemetry.NewLogger(os.Stderr, "carrier-sim", telemetry.ParseLevel(os.Getenv("LOG_LEVEL"))).With("component", "sipgo"))
 	if err := run(ctx, os.Getenv, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "carrier-sim: %v\n", err)
 		os.Exit(1)

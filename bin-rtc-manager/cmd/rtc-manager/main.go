@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	sipgosip "github.com/emiago/sipgo/sip"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
@@ -40,6 +41,9 @@ const drainTimeout = 15 * time.Second
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// sipgo logs a few things through its package-wide logger, which must be set before any use
+	// (and so here, not in run, which tests call concurrently).
+	sipgosip.SetDefaultLogger(telemetry.NewLogger(os.Stderr, service, telemetry.ParseLevel(os.Getenv("LOG_LEVEL"))).With("component", "sipgo"))
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", service, err)
 		os.Exit(1)

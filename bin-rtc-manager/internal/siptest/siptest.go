@@ -77,6 +77,17 @@ func StartSipp(t testing.TB, scenario string, tcp bool, args ...string) *Sipp {
 	if _, err := exec.LookPath("sipp"); err != nil {
 		t.Fatal("sipp not found: install the Debian package sip-tester (deploy/local/services.sh sipp)")
 	}
+	// The free port may be taken again before sipp binds it: try a few.
+	for attempt := 1; ; attempt++ {
+		s, ok := startSipp(t, scenario, tcp, attempt == 3, args...)
+		if ok {
+			return s
+		}
+	}
+}
+
+func startSipp(t testing.TB, scenario string, tcp, last bool, args ...string) (*Sipp, bool) {
+	t.Helper()
 	port := FreePort(t)
 	full := []string{"-sf", Scenario(scenario), "-i", "127.0.0.1", "-p", strconv.Itoa(port), "-nostdin", "-timeout", "90s", "-m", "1",
 		"-mp", strconv.Itoa(FreePort(t))}
@@ -105,15 +116,19 @@ func StartSipp(t testing.TB, scenario string, tcp bool, args ...string) *Sipp {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if bound(tcp, port) {
-			return s
+			return s, true
 		}
 		select {
 		case <-s.done:
+			if !last {
+				return nil, false
+			}
 			t.Fatalf("sipp exited before it listened: %v\n%s", s.err, s.out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("sipp did not listen on %d\n%s", port, s.out.String())
+			return nil, false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
