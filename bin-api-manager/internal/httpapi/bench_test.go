@@ -48,10 +48,17 @@ func BenchmarkGetCall(b *testing.B) {
 
 	rpcClient := rpc.NewClient(conn, testenv.Logger(b), rpc.ClientOptions{})
 	b.Cleanup(rpcClient.Close)
+	// The same gateway without rate limits, to show what the two Redis round trips of the
+	// limiters cost.
+	free := newHarness(b, options{bench: true, callQueue: queue})
+	fc := free.newCustomer("bench")
+
 	direct := callapi.NewClient(renamed{next: rpcClient, queues: map[string]string{callapi.Queue: queue}})
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	get := func(b *testing.B, token string) {
-		req, _ := http.NewRequest("GET", h.url+"/v1.0/calls/"+call.ID, nil)
+	var getFrom func(b *testing.B, base, token string)
+	get := func(b *testing.B, token string) { getFrom(b, h.url, token) }
+	getFrom = func(b *testing.B, base, token string) {
+		req, _ := http.NewRequest("GET", base+"/v1.0/calls/"+call.ID, nil)
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := client.Do(req)
 		if err != nil {
@@ -63,6 +70,7 @@ func BenchmarkGetCall(b *testing.B) {
 			b.Fatalf("status %d", resp.StatusCode)
 		}
 	}
+	unlimitedGet := func(b *testing.B) { getFrom(b, free.url, fc.token) }
 	viaRPC := func(b *testing.B) {
 		if _, err := direct.Get(context.Background(), c.id, call.ID); err != nil {
 			b.Fatal(err)
@@ -71,6 +79,7 @@ func BenchmarkGetCall(b *testing.B) {
 	get(b, c.token) // warm: connections, the key cache
 	get(b, key)
 	viaRPC(b)
+	unlimitedGet(b)
 
 	sequential := func(name string, op func(*testing.B)) {
 		b.Run(name, func(b *testing.B) {
@@ -100,6 +109,8 @@ func BenchmarkGetCall(b *testing.B) {
 	sequential("rpc-direct", viaRPC)
 	sequential("gateway-jwt", func(b *testing.B) { get(b, c.token) })
 	sequential("gateway-accesskey", func(b *testing.B) { get(b, key) })
+	sequential("gateway-jwt-nolimits", unlimitedGet)
 	parallel("rpc-direct-parallel32", viaRPC)
 	parallel("gateway-jwt-parallel32", func(b *testing.B) { get(b, c.token) })
+	parallel("gateway-jwt-nolimits-parallel32", unlimitedGet)
 }

@@ -56,6 +56,9 @@ func errWebhookNotFound() error {
 	return apierr.New(apierr.NotFound, webhookapi.ErrReasonWebhookNotFound, "webhook not found")
 }
 
+// maxEventTypes is the webhook manager's limit too.
+const maxEventTypes = 64
+
 var eventPattern = regexp.MustCompile(`^(\*|[a-z][a-z_]*(\.[a-z][a-z_]*)*(\.\*)?)$`)
 
 type webhookBody struct {
@@ -67,6 +70,8 @@ type webhookBody struct {
 	Status     string   `json:"status"`
 }
 
+// validate checks the shape of a webhook; the webhook manager checks the rest (the target
+// address, SSRF) and answers with its own reasons.
 func (b webhookBody) validate() error {
 	if err := validText("name", b.Name); err != nil {
 		return err
@@ -75,11 +80,11 @@ func (b webhookBody) validate() error {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(b.URI) > 2048 {
 		return apierr.Invalid("uri", "must be an absolute http or https URL of at most 2048 characters")
 	}
-	if b.Method != "" && b.Method != http.MethodPost && b.Method != http.MethodPut {
-		return apierr.Invalid("method", `must be "POST" (the default) or "PUT"`)
+	if b.Method != "" && b.Method != http.MethodPost && b.Method != http.MethodPut && b.Method != http.MethodPatch {
+		return apierr.Invalid("method", `must be "POST" (the default), "PUT" or "PATCH"`)
 	}
-	if len(b.EventTypes) == 0 || len(b.EventTypes) > 50 {
-		return apierr.Invalid("event_types", "must hold 1 to 50 event types or patterns like call.*")
+	if len(b.EventTypes) == 0 || len(b.EventTypes) > maxEventTypes {
+		return apierr.Invalid("event_types", fmt.Sprintf("must hold 1 to %d event types or patterns like call.*", maxEventTypes))
 	}
 	for i, t := range b.EventTypes {
 		if len(t) > 100 || !eventPattern.MatchString(t) {
