@@ -95,7 +95,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	fanout := webhook.NewFanout(deliveries, dispatcher.Kick)
 	rpcSrv := rpc.NewServer(conn, cfg.RPCQueue, log, rpc.ServerOptions{Registerer: reg})
 	rpcserver.New(svc).Register(rpcSrv)
-	events := subscriber.New(conn, log, subscriber.Options{Queue: cfg.EventQueue, Redis: rdb, Registerer: reg}, fanout.Handle)
+	events := subscriber.New(conn, log, subscriber.Options{Queue: cfg.EventQueue, Redis: rdb, Registerer: reg}, fanout.HandleBatch)
 
 	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
 	work, workCtx := errgroup.WithContext(ctx)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -55,7 +56,7 @@ func TestEventsBecomeDeliveries(t *testing.T) {
 		}
 	}
 	deliveries := mysql.NewDeliveryStore(db)
-	sub := subscriber.New(conn, testenv.Logger(t), subscriber.Options{Queue: queue, Redis: rdb}, webhook.NewFanout(deliveries, nil).Handle)
+	sub := subscriber.New(conn, testenv.Logger(t), subscriber.Options{Queue: queue, Redis: rdb}, webhook.NewFanout(deliveries, nil).HandleBatch)
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { defer close(done); _ = sub.Run(runCtx) }()
@@ -134,13 +135,13 @@ type recorder struct {
 	fail error
 }
 
-func (r *recorder) handle(_ context.Context, ev event.Event) error {
+func (r *recorder) handle(_ context.Context, evs []event.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail != nil {
 		return r.fail
 	}
-	r.seen = append(r.seen, ev)
+	r.seen = append(r.seen, evs...)
 	return nil
 }
 
@@ -230,5 +231,75 @@ func TestFailuresAreDeadLettered(t *testing.T) {
 	}
 	if got := fmt.Sprint(dead[1].Headers["x-error"]); !strings.Contains(got, "malformed") {
 		t.Fatalf("second dead letter: x-error %q", got)
+	}
+}
+
+// Events waiting in the queue are recorded in batches; a batch holding an event that always fails
+// falls back to one by one: the others are recorded in order and the bad one dead-lettered.
+func TestBatchesFallBackToOneByOne(t *testing.T) {
+	conn := testenv.Rabbit(t)
+	queue := testenv.Name("webhook-events")
+	testenv.DeleteQueuesAtCleanup(t, conn, queue, event.DeadQueue(queue))
+	// Declare and bind the queue by starting and stopping a subscriber, then let events pile up.
+	stop := startSub(t, conn, subscriber.Options{Queue: queue}, func(context.Context, []event.Event) error { return nil })
+	waitConsumers(t, conn, queue, 1)
+	stop()
+	waitConsumers(t, conn, queue, 0)
+
+	customer, call := uuid.NewString(), uuid.NewString()
+	var poison string
+	for seq := int64(1); seq <= 20; seq++ {
+		typ := "call.updated"
+		if seq == 7 {
+			typ = "call.poison"
+		}
+		ev, _ := event.New(typ, customer, "call", call, seq, map[string]any{})
+		if seq == 7 {
+			poison = ev.EventID
+		}
+		publish(t, conn, event.ExchangeCall, ev)
+	}
+	var mu sync.Mutex
+	var seen []int64
+	var sizes []int
+	startSub(t, conn, subscriber.Options{Queue: queue, MaxAttempts: 2, Backoff: time.Millisecond}, func(_ context.Context, evs []event.Event) error {
+		mu.Lock()
+		defer mu.Unlock()
+		sizes = append(sizes, len(evs))
+		for _, ev := range evs {
+			if ev.EventType == "call.poison" {
+				return fmt.Errorf("cannot record %s", ev.EventID)
+			}
+		}
+		for _, ev := range evs {
+			seen = append(seen, ev.Sequence)
+		}
+		return nil
+	})
+	testenv.Eventually(t, 10*time.Second, "19 events recorded", func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 19 })
+	mu.Lock()
+	defer mu.Unlock()
+	want := []int64{1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("recorded %v, want %v", seen, want)
+	}
+	if slices.Max(sizes) < 2 {
+		t.Fatalf("batch sizes %v: waiting events were not batched", sizes)
+	}
+	ch, err := conn.Channel(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	var dead amqp.Delivery
+	testenv.Eventually(t, 10*time.Second, "the poison event dead-lettered", func() bool {
+		d, ok, err := ch.Get(event.DeadQueue(queue), true)
+		if err == nil && ok {
+			dead = d
+		}
+		return ok
+	})
+	if dead.MessageId != poison {
+		t.Fatalf("dead letter %s, want the poison event %s", dead.MessageId, poison)
 	}
 }

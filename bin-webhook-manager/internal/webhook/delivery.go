@@ -68,35 +68,49 @@ func NewFanout(store FanoutStore, kick func()) *Fanout {
 }
 
 // Handle records a delivery of ev for each enabled webhook of its customer whose event types
-// match, all in one transaction. A nil error means they are durable: the event may be acked. A
-// redelivered event adds nothing twice.
+// match. A nil error means they are durable: the event may be acked. A redelivered event adds
+// nothing twice.
 func (f *Fanout) Handle(ctx context.Context, ev event.Event) error {
-	hooks, err := f.store.EnabledWebhooks(ctx, ev.CustomerID)
-	if err != nil {
-		return fmt.Errorf("webhooks of the event's customer: %w", err)
-	}
+	return f.HandleBatch(ctx, []event.Event{ev})
+}
+
+// HandleBatch is Handle for several events at once, all their deliveries written in one
+// statement: one commit for the batch.
+func (f *Fanout) HandleBatch(ctx context.Context, evs []event.Event) error {
+	hooksOf := map[string][]Webhook{}
 	var ds []Delivery
-	var payload []byte
 	now := f.now()
-	for _, w := range hooks {
-		if !w.Wants(ev.EventType) {
-			continue
-		}
-		if payload == nil {
-			if payload, err = json.Marshal(ev); err != nil {
-				return fmt.Errorf("marshal event %s: %w", ev.EventID, err)
+	for _, ev := range evs {
+		hooks, ok := hooksOf[ev.CustomerID]
+		if !ok {
+			var err error
+			if hooks, err = f.store.EnabledWebhooks(ctx, ev.CustomerID); err != nil {
+				return fmt.Errorf("webhooks of the event's customer: %w", err)
 			}
+			hooksOf[ev.CustomerID] = hooks
 		}
-		ds = append(ds, Delivery{ID: uuid.NewString(), WebhookID: w.ID, CustomerID: w.CustomerID, EventID: ev.EventID,
-			EventType: ev.EventType, ResourceID: ev.ResourceID, Sequence: ev.Sequence, EventTime: ev.Timestamp,
-			Payload: payload, Status: DeliveryPending, NextAttempt: now, TMCreate: now})
+		var payload []byte
+		for _, w := range hooks {
+			if !w.Wants(ev.EventType) {
+				continue
+			}
+			if payload == nil {
+				var err error
+				if payload, err = json.Marshal(ev); err != nil {
+					return fmt.Errorf("marshal event %s: %w", ev.EventID, err)
+				}
+			}
+			ds = append(ds, Delivery{ID: uuid.NewString(), WebhookID: w.ID, CustomerID: w.CustomerID, EventID: ev.EventID,
+				EventType: ev.EventType, ResourceID: ev.ResourceID, Sequence: ev.Sequence, EventTime: ev.Timestamp,
+				Payload: payload, Status: DeliveryPending, NextAttempt: now, TMCreate: now})
+		}
 	}
 	if len(ds) == 0 {
 		return nil
 	}
 	n, err := f.store.AddDeliveries(ctx, ds)
 	if err != nil {
-		return fmt.Errorf("add %d deliveries of event %s: %w", len(ds), ev.EventID, err)
+		return fmt.Errorf("add %d deliveries of %d events: %w", len(ds), len(evs), err)
 	}
 	if n > 0 && f.kick != nil {
 		f.kick()
