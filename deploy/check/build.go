@@ -82,6 +82,9 @@ func replay(ctx context.Context, in Instruction, cwd, dir string, args map[strin
 		if len(words) == 0 {
 			return fmt.Errorf("line %d: RUN: an empty command", in.Line)
 		}
+		if words[0] != "cd" && words[0] != "go" {
+			return fmt.Errorf("line %d: RUN %s: only cd and go commands can be replayed", in.Line, words[0])
+		}
 		for i, w := range words {
 			switch {
 			case strings.HasPrefix(w, outDir):
@@ -103,8 +106,6 @@ func replay(ctx context.Context, in Instruction, cwd, dir string, args map[strin
 			if out, err := cmd.CombinedOutput(); err != nil {
 				return fmt.Errorf("line %d: RUN %s: %v\n%s", in.Line, strings.TrimSpace(part), err, out)
 			}
-		default:
-			return fmt.Errorf("line %d: RUN %s: only cd and go commands can be replayed", in.Line, words[0])
 		}
 	}
 	return nil

@@ -117,7 +117,16 @@ func matching(ws []workload, sel *metav1.LabelSelector) []workload {
 
 func checkWorkload(ps *problems, m *Manifests, r K8sRules, c Component, w workload) {
 	id := w.obj.ID()
-	if w.replicas == nil || *w.replicas < r.MinReplicas {
+	// The replica count: the workload's own, or, when an autoscaler owns it, the autoscaler's
+	// minimum (a fixed count beside an autoscaler would reset it on every apply).
+	if hpaMin, scaled := autoscaled(m, w); scaled {
+		if w.replicas != nil {
+			ps.add(id, "replicas is set, but a HorizontalPodAutoscaler owns the count: leave it out")
+		}
+		if hpaMin < r.MinReplicas {
+			ps.add(id, "its HorizontalPodAutoscaler's minReplicas is %d; want at least %d", hpaMin, r.MinReplicas)
+		}
+	} else if w.replicas == nil || *w.replicas < r.MinReplicas {
 		got := "unset (1)"
 		if w.replicas != nil {
 			got = strconv.Itoa(int(*w.replicas))
@@ -214,17 +223,38 @@ func checkWorkload(ps *problems, m *Manifests, r K8sRules, c Component, w worklo
 	if len(pdbs) == 0 {
 		ps.add(id, "no PodDisruptionBudget selects its pods")
 	}
+	replicas := int32(1)
+	if n, ok := autoscaled(m, w); ok {
+		replicas = n
+	} else if w.replicas != nil {
+		replicas = *w.replicas
+	}
 	for _, o := range pdbs {
 		spec := o.Obj.(*policyv1.PodDisruptionBudget).Spec
 		switch {
 		case spec.MinAvailable == nil && spec.MaxUnavailable == nil:
 			ps.add(o.ID(), "sets neither minAvailable nor maxUnavailable")
-		case spec.MinAvailable != nil && spec.MinAvailable.Type == intstr.Int && w.replicas != nil && spec.MinAvailable.IntVal >= *w.replicas:
-			ps.add(o.ID(), "minAvailable %d with %d replicas blocks every eviction: node drains would hang", spec.MinAvailable.IntVal, *w.replicas)
+		case spec.MinAvailable != nil && spec.MinAvailable.Type == intstr.Int && spec.MinAvailable.IntVal >= replicas:
+			ps.add(o.ID(), "minAvailable %d with %d replicas blocks every eviction: node drains would hang", spec.MinAvailable.IntVal, replicas)
 		case spec.MaxUnavailable != nil && spec.MaxUnavailable.Type == intstr.Int && spec.MaxUnavailable.IntVal < 1:
 			ps.add(o.ID(), "maxUnavailable 0 blocks every eviction: node drains would hang")
 		}
 	}
+}
+
+// autoscaled finds the HorizontalPodAutoscaler targeting w and its minimum (1 when unset).
+func autoscaled(m *Manifests, w workload) (int32, bool) {
+	for _, o := range m.Objects {
+		h, ok := o.Obj.(*autoscalingv2.HorizontalPodAutoscaler)
+		if !ok || h.Spec.ScaleTargetRef.Kind != w.obj.Kind || h.Spec.ScaleTargetRef.Name != w.obj.Meta.Name {
+			continue
+		}
+		if h.Spec.MinReplicas == nil {
+			return 1, true
+		}
+		return *h.Spec.MinReplicas, true
+	}
+	return 0, false
 }
 
 var envRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
