@@ -32,6 +32,20 @@ var currency = regexp.MustCompile(`^[A-Z]{3}$`)
 // Load reads and validates the configuration, reporting every problem in one error.
 func Load(getenv func(string) string) (Config, error) {
 	r := envconf.New(getenv)
+	c := load(r)
+	return c, r.Err()
+}
+
+// Vars lists every variable Load reads, with its default and whether it is required
+// (`<binary> vars`; deploy/check compares deployments against it).
+func Vars() []envconf.Var {
+	r := envconf.New(func(string) string { return "" })
+	load(r)
+	return r.Vars()
+}
+
+// load reads the configuration through r, recording problems in it.
+func load(r *envconf.Reader) Config {
 	c := Config{
 		DatabaseDSN:     r.MySQLDSN("DATABASE_DSN", "", true),
 		RabbitMQAddress: r.URL("RABBITMQ_ADDRESS", "", true, "amqp", "amqps"),
@@ -55,5 +69,5 @@ func Load(getenv func(string) string) (Config, error) {
 	if !currency.MatchString(c.Policy.Currency) {
 		r.Fail("BILLING_CURRENCY", "%q is not a three-letter ISO 4217 code like USD", c.Policy.Currency)
 	}
-	return c, r.Err()
+	return c
 }
