@@ -33,6 +33,20 @@ type Config struct {
 // Load reads and validates the configuration, reporting every problem in one error.
 func Load(getenv func(string) string) (Config, error) {
 	r := envconf.New(getenv)
+	c := load(r)
+	return c, r.Err()
+}
+
+// Vars lists every variable Load reads, with its default and whether it is required
+// (`<binary> vars`; deploy/check compares deployments against it).
+func Vars() []envconf.Var {
+	r := envconf.New(func(string) string { return "" })
+	load(r)
+	return r.Vars()
+}
+
+// load reads the configuration through r, recording problems in it.
+func load(r *envconf.Reader) Config {
 	c := Config{
 		DatabaseDSN:     r.MySQLDSN("DATABASE_DSN", "", true),
 		RabbitMQAddress: r.URL("RABBITMQ_ADDRESS", "", true, "amqp", "amqps"),
@@ -60,5 +74,5 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.RetryMax < c.RetryBase {
 		r.Fail("WEBHOOK_RETRY_MAX", "must not be shorter than WEBHOOK_RETRY_BASE")
 	}
-	return c, r.Err()
+	return c
 }
