@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +19,15 @@ import (
 )
 
 func main() {
+	// `carrier-sim vars` prints the variables it reads, as JSON (deploy/check uses it).
+	if len(os.Args) > 1 && os.Args[1] == "vars" {
+		r := envconf.New(func(string) string { return "" })
+		readConfig(r)
+		if err := json.NewEncoder(os.Stdout).Encode(r.Vars()); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// sipgo's package-wide logger must be set before any use.
@@ -28,10 +38,14 @@ func main() {
 	}
 }
 
+// readConfig reads the simulator's variables through r.
+func readConfig(r *envconf.Reader) (addr, level string) {
+	return r.HostPort("CARRIER_LISTEN_ADDRESS", "127.0.0.1:5080", false), r.String("LOG_LEVEL", "info", false)
+}
+
 func run(ctx context.Context, getenv func(string) string, stderr io.Writer) error {
 	r := envconf.New(getenv)
-	addr := r.HostPort("CARRIER_LISTEN_ADDRESS", "127.0.0.1:5080", false)
-	level := r.String("LOG_LEVEL", "info", false)
+	addr, level := readConfig(r)
 	if err := r.Err(); err != nil {
 		return err
 	}

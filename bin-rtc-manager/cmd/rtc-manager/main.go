@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,13 @@ const keyPrefix = "rtc"
 const drainTimeout = 15 * time.Second
 
 func main() {
+	// `<binary> vars` prints the variables config.Load reads, as JSON (deploy/check uses it).
+	if len(os.Args) > 1 && os.Args[1] == "vars" {
+		if err := json.NewEncoder(os.Stdout).Encode(config.Vars()); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	// sipgo logs a few things through its package-wide logger, which must be set before any use

@@ -46,6 +46,20 @@ type SIP struct {
 // Load reads and validates the configuration, reporting every problem in one error.
 func Load(getenv func(string) string) (Config, error) {
 	r := envconf.New(getenv)
+	c := load(r)
+	return c, r.Err()
+}
+
+// Vars lists every variable Load reads, with its default and whether it is required
+// (`<binary> vars`; deploy/check compares deployments against it).
+func Vars() []envconf.Var {
+	r := envconf.New(func(string) string { return "" })
+	load(r)
+	return r.Vars()
+}
+
+// load reads the configuration through r, recording problems in it.
+func load(r *envconf.Reader) Config {
 	host, _ := os.Hostname()
 	c := Config{
 		RabbitMQAddress: r.URL("RABBITMQ_ADDRESS", "", true, "amqp", "amqps"),
@@ -88,7 +102,7 @@ func Load(getenv func(string) string) (Config, error) {
 	if c.SIP.RTPPortMin > c.SIP.RTPPortMax {
 		r.Fail("RTC_RTP_PORT_MIN", "%d is above RTC_RTP_PORT_MAX %d", c.SIP.RTPPortMin, c.SIP.RTPPortMax)
 	}
-	return c, r.Err()
+	return c
 }
 
 func validNodeID(s string) bool {
