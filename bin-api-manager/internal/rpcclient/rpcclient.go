@@ -35,7 +35,8 @@ func New(next rpc.Caller, log *slog.Logger, reg prometheus.Registerer) *Logged {
 	return l
 }
 
-// Call sends req and logs both ends. Reads log at debug level, changes at info.
+// Call sends req and logs both ends. Reads log at debug level, changes at info. A reply saying
+// the route does not exist becomes INTERNAL.
 func (l *Logged) Call(ctx context.Context, queue string, req rpc.Request) (*rpc.Response, error) {
 	level := slog.LevelInfo
 	if req.Method == "GET" {
@@ -48,6 +49,13 @@ func (l *Logged) Call(ctx context.Context, queue string, req rpc.Request) (*rpc.
 	code := 0
 	if resp != nil {
 		code = resp.StatusCode
+	}
+	if e, ok := apierr.As(err); ok && (e.Reason == apierr.ReasonRouteNotFound || e.Reason == apierr.ReasonMethodNotAllowed) {
+		// The manager does not know the route (a version mismatch): a fault of ours, not a
+		// missing resource, so it must not reach the public as a 404 or 405.
+		l.log.ErrorContext(ctx, "rpc route not served by the manager", "queue", queue, "method", req.Method,
+			"route", req.Route, "reason", e.Reason, "message", e.Message)
+		err = apierr.New(apierr.Internal, apierr.ReasonInternal, "internal error")
 	}
 	if err != nil {
 		e := apierr.From(err)

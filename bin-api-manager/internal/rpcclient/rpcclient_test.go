@@ -67,3 +67,14 @@ func TestLogsBothEndsWithTheRequestID(t *testing.T) {
 		t.Errorf("histogram series = %d, want 2 (201 and 503)", n)
 	}
 }
+
+func TestUnknownRouteIsNotAPublic404(t *testing.T) {
+	c := rpcclient.New(callerFunc(func(context.Context, string, rpc.Request) (*rpc.Response, error) {
+		e := apierr.New(apierr.NotFound, apierr.ReasonRouteNotFound, "no route GET /v1/new")
+		return &rpc.Response{StatusCode: 404, Error: e}, e
+	}), telemetry.NewLogger(&bytes.Buffer{}, "test", slog.LevelDebug), nil)
+	_, err := c.Call(context.Background(), "q", rpc.Request{Method: "GET", Route: "/v1/new"})
+	if e, ok := apierr.As(err); !ok || e.Status != apierr.Internal || e.Reason != apierr.ReasonInternal {
+		t.Fatalf("err = %v, want INTERNAL", err)
+	}
+}
