@@ -24,35 +24,35 @@ import (
 	"voipbin/pkg/event"
 )
 
-// BenchmarkEventToWebSocket measures event publish → WebSocket client latency through the real
-// broker, the handler and loopback TCP, with 1,000 and 10,000 sockets connected at once:
+// BenchmarkEventToWebSocketBroadcast and BenchmarkEventToWebSocketTargeted measure event
+// publish → WebSocket client latency through the real broker, the handler and loopback TCP, with
+// 1,000 and 10,000 sockets connected at once:
 //
-//	fanout=all  every socket is subscribed to the one customer the events are for: each event is
-//	            delivered to all sockets; p50/p99 are over every (event, socket) delivery.
-//	fanout=one  every socket is its own customer (one binding each): each event goes to one
-//	            socket; p50/p99 are over events.
+//	Broadcast  every socket is subscribed to the one customer the events are for: each event is
+//	           delivered to all sockets; p50/p99 are over every (event, socket) delivery.
+//	Targeted   every socket is its own customer (one binding each): each event goes to one
+//	           socket, a different one each time; p50/p99 are over events.
 //
 // The clients run in a child process (this test binary again, as TestWSFleetHelper), since this
 // machine's hard open-file limit (20,000) cannot hold both ends of 10,000 sockets in one process.
 // Each op publishes one event (with broker confirm) and waits until the child reports every
 // delivery arrived, so ns/op is the time to reach all subscribers. Latency is measured from the
 // envelope's timestamp, set just before the publish, to the client's read (same host clock).
-func BenchmarkEventToWebSocket(b *testing.B) {
+func BenchmarkEventToWebSocketBroadcast(b *testing.B) { benchEventToWebSocket(b, true) }
+
+// BenchmarkEventToWebSocketTargeted: see BenchmarkEventToWebSocketBroadcast.
+func BenchmarkEventToWebSocketTargeted(b *testing.B) { benchEventToWebSocket(b, false) }
+
+func benchEventToWebSocket(b *testing.B, broadcast bool) {
 	for _, n := range []int{1000, 10000} {
-		for _, broadcast := range []bool{true, false} {
-			mode := "fanout=one"
-			if broadcast {
-				mode = "fanout=all"
-			}
-			s := newStack(b, Options{SendBuffer: 1024})
-			fl := startFleet(b, s.url, n, broadcast)
-			b.Run(fmt.Sprintf("sockets=%d/%s", n, mode), func(b *testing.B) { fl.run(b, s) })
-			fl.quit(b)
-			if err := s.stop(b); err != nil {
-				b.Errorf("Run: %v", err)
-			}
-			s.closeServer()
+		s := newStack(b, Options{SendBuffer: 1024})
+		fl := startFleet(b, s.url, n, broadcast)
+		b.Run(fmt.Sprintf("sockets=%d", n), func(b *testing.B) { fl.run(b, s) })
+		fl.quit(b)
+		if err := s.stop(b); err != nil {
+			b.Errorf("Run: %v", err)
 		}
+		s.closeServer()
 	}
 }
 
@@ -196,13 +196,13 @@ func (fl *fleet) quit(b *testing.B) {
 	}
 }
 
-// TestWSFleetHelper is the client side of BenchmarkEventToWebSocket, run only as its child
+// TestWSFleetHelper is the client side of the BenchmarkEventToWebSocket benchmarks, run only as their child
 // process: it connects FLEET_N sockets, subscribes each, prints "FLEET READY", prints
 // "FLEET DONE <seq>" once every expected delivery of an event arrived, and answers the RESET and
 // REPORT commands read from stdin until stdin closes.
 func TestWSFleetHelper(t *testing.T) {
 	if os.Getenv("VOIPBIN_WS_FLEET") != "1" {
-		t.Skip("helper process of BenchmarkEventToWebSocket")
+		t.Skip("helper process of the BenchmarkEventToWebSocket benchmarks")
 	}
 	n, _ := strconv.Atoi(os.Getenv("FLEET_N"))
 	broadcast := os.Getenv("FLEET_BROADCAST") == "true"

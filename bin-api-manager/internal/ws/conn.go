@@ -245,25 +245,23 @@ func (c *conn) finish() {
 func (c *conn) handleFrame(data []byte) {
 	f, err := parseFrame(data, c.h.opts.MaxTopics)
 	if err == nil {
+		var ack []byte
+		if hasID(f.ID) {
+			ack = marshalAck(f.ID)
+		}
 		switch f.Type {
 		case frameSubscribe:
-			err = c.subscribe(f.Topics)
+			err = c.subscribe(f.Topics, ack)
 		case frameUnsubscribe:
-			err = c.unsubscribe(f.Topics)
+			err = c.unsubscribe(f.Topics, ack)
 		}
 	}
-	c.answer(f.ID, err)
+	if err != nil {
+		c.refuse(f.ID, err)
+	}
 }
 
-func (c *conn) answer(id json.RawMessage, err error) {
-	if err == nil {
-		if hasID(id) {
-			c.mu.Lock()
-			c.offerLocked(outFrame{data: marshalAck(id)})
-			c.mu.Unlock()
-		}
-		return
-	}
+func (c *conn) refuse(id json.RawMessage, err error) {
 	e := apierr.From(err)
 	if e.Status == apierr.Internal || e.Status == apierr.Unavailable {
 		c.h.log.ErrorContext(c.ctx, "websocket subscription failed", "error", err)
@@ -283,8 +281,10 @@ func (c *conn) answer(id json.RawMessage, err error) {
 }
 
 // subscribe adds topics. All of them are checked first: a frame is applied whole or not at all.
-// It returns once the queue bindings exist, so events published after the ack reach the client.
-func (c *conn) subscribe(raw []string) error {
+// The topics are added, and ack (if any) queued, once the queue bindings exist, so events
+// published after the ack reach the client; both happen under c.mu, so no event of the new topics
+// is queued before the ack.
+func (c *conn) subscribe(raw []string, ack []byte) error {
 	var add []Topic
 	seen := map[string]bool{}
 	for _, s := range raw {
@@ -340,13 +340,17 @@ func (c *conn) subscribe(raw []string) error {
 	for _, t := range fresh {
 		c.topics[t.String()] = t
 	}
+	if ack != nil {
+		c.offerLocked(outFrame{data: ack})
+	}
 	c.mu.Unlock()
 	c.h.metrics.subscriptions.Add(float64(len(fresh)))
 	return nil
 }
 
-// unsubscribe removes topics; topics not held are ignored.
-func (c *conn) unsubscribe(raw []string) error {
+// unsubscribe removes topics (topics not held are ignored), unbinds scopes no longer held, then
+// queues ack: no event of a removed topic is queued after the topics went, so none follows the ack.
+func (c *conn) unsubscribe(raw []string, ack []byte) error {
 	var remove []Topic
 	for _, s := range raw {
 		t, err := ParseTopic(s)
@@ -371,6 +375,11 @@ func (c *conn) unsubscribe(raw []string) error {
 			c.h.hub.remove(t.Customer, c)
 			c.h.release(c.ctx, t.Customer)
 		}
+	}
+	if ack != nil {
+		c.mu.Lock()
+		c.offerLocked(outFrame{data: ack})
+		c.mu.Unlock()
 	}
 	return nil
 }

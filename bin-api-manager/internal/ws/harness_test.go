@@ -70,13 +70,18 @@ func (s *stack) closeServer() { s.srvOnce.Do(s.srv.Close) }
 
 func newStack(t testing.TB, opts Options) *stack {
 	t.Helper()
-	return newStackOn(t, testenv.Rabbit(t), opts)
+	return newStackOn(t, testenv.Rabbit(t), opts, nil)
 }
 
-func newStackOn(t testing.TB, conn *amqp.Conn, opts Options) *stack {
+// newStackOn serves a handler consuming conn; prepare, if given, may adjust the handler before
+// anything runs.
+func newStackOn(t testing.TB, conn *amqp.Conn, opts Options, prepare func(*Handler)) *stack {
 	t.Helper()
 	s := &stack{conn: conn, reg: prometheus.NewRegistry(), done: make(chan error, 1)}
 	s.h = NewHandler(Deps{Conn: conn, Log: testenv.Logger(t), Registerer: s.reg, Auth: AuthFunc(fakeAuth{}.Authenticate), Options: opts})
+	if prepare != nil {
+		prepare(s.h)
+	}
 	var ctx context.Context
 	ctx, s.cancel = context.WithCancel(context.Background())
 	go func() { s.done <- s.h.Run(ctx) }()

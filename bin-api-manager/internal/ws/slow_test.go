@@ -125,7 +125,7 @@ func TestSlowClientDroppedWithoutDelayingFastOne(t *testing.T) {
 
 func TestSubscriptionsSurviveABrokerReconnection(t *testing.T) {
 	url, vhost := testenv.RabbitVhost(t)
-	s := newStackOn(t, testenv.DialRabbit(t, url), Options{})
+	s := newStackOn(t, testenv.DialRabbit(t, url), Options{}, nil)
 	cust := uuid.NewString()
 	c := s.dial(t, "cust:"+cust)
 	c.subscribe("customer_id:" + cust + ":call")

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"voipbin/pkg/event"
+	"voipbin/pkg/testenv"
 )
 
 func TestUpgradeRefusedWithErrorEnvelope(t *testing.T) {
@@ -478,5 +479,43 @@ func TestShutdownClosesConnections(t *testing.T) {
 	}
 	if got := s.metric(t, "ws_connections"); got != 0 {
 		t.Errorf("ws_connections after shutdown = %v, want 0", got)
+	}
+}
+
+func TestBindingRefusedByTheBroker(t *testing.T) {
+	fb := newFakeBinder()
+	fb.failOn[event.ExchangeCall] = true
+	s := newStackOn(t, testenv.Rabbit(t), Options{}, func(h *Handler) {
+		h.bindings = newBindings(fb, h.opts.Exchanges, func(d int) { h.metrics.bindings.Add(float64(d)) })
+	})
+	a := uuid.NewString()
+	topic := "customer_id:" + a + ":call"
+
+	c := s.dial(t, "cust:"+a)
+	c.send(map[string]any{"type": "subscribe", "id": "b1", "topics": []string{topic}})
+	if f := c.next(10 * time.Second); f["type"] != "error" || f["id"] != "b1" || f["reason"] != ReasonServiceUnavailable {
+		t.Fatalf("answer = %v, want error b1 SERVICE_UNAVAILABLE", f)
+	}
+	if bound, _ := fb.snapshot(); len(bound) != 0 {
+		t.Errorf("bindings left after the refusal: %v", bound)
+	}
+	if got := s.metric(t, "ws_subscriptions"); got != 0 {
+		t.Errorf("ws_subscriptions = %v, want 0", got)
+	}
+
+	c2 := s.dial(t, "cust:"+a)
+	c2.send(map[string]any{"type": "subscribe", "topics": []string{topic}})
+	ce := c2.closeError(10 * time.Second)
+	if ce.Code != websocket.CloseTryAgainLater || !strings.HasPrefix(ce.Text, ReasonServiceUnavailable) {
+		t.Errorf("close = %d %q, want 1013 SERVICE_UNAVAILABLE…", ce.Code, ce.Text)
+	}
+
+	// Once the broker takes bindings again, the same connection subscribes.
+	fb.mu.Lock()
+	fb.failOn = map[string]bool{}
+	fb.mu.Unlock()
+	c.subscribe(topic)
+	if got := s.metric(t, "ws_bindings"); got != 1 {
+		t.Errorf("ws_bindings = %v, want 1", got)
 	}
 }
