@@ -60,6 +60,11 @@ type options struct {
 	callQueue string
 	// bench: no response validation, and info-level logs to nowhere (as in production, minus I/O).
 	bench bool
+	// rabbitURL, when set, is the broker (a test vhost) instead of the test broker's default.
+	rabbitURL string
+	// realManagers sends requests to the contract queues themselves, where the test runs real
+	// managers (in a vhost of its own), and starts no stand-ins.
+	realManagers bool
 }
 
 // harness is the real router over real MariaDB, Redis and RabbitMQ, with the managers stood in
@@ -147,7 +152,13 @@ func startServer(t testing.TB, conn *amqp.Conn, queue string, routes map[string]
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	testenv.Eventually(t, 10*time.Second, "a consumer on "+queue, func() bool {
+	waitConsumer(t, conn, queue)
+}
+
+// waitConsumer waits until queue has a consumer.
+func waitConsumer(t testing.TB, conn *amqp.Conn, queue string) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, "a consumer on "+queue, func() bool {
 		ch, err := conn.Channel(context.Background())
 		if err != nil {
 			return false
@@ -184,6 +195,9 @@ func newHarness(t testing.TB, o options) *harness {
 		}
 	})
 	conn := testenv.Rabbit(t)
+	if o.rabbitURL != "" {
+		conn = testenv.DialRabbit(t, o.rabbitURL)
+	}
 	logs := &syncBuffer{}
 	log := telemetry.NewLogger(logs, "api-manager", slog.LevelDebug)
 	if o.bench {
@@ -193,10 +207,13 @@ func newHarness(t testing.TB, o options) *harness {
 
 	h := &harness{t: t, db: db, rdb: rdb, prefix: prefix, reg: reg, logs: logs,
 		calls: &fakeCalls{}, billing: newFakeBilling(), hooks: newFakeWebhooks()}
-	callQ, billQ, hookQ := testenv.Name("call"), testenv.Name("billing"), testenv.Name("webhook")
-	startServer(t, conn, callQ, h.calls.routes())
-	startServer(t, conn, billQ, h.billing.routes())
-	startServer(t, conn, hookQ, h.hooks.routes())
+	callQ, billQ, hookQ := callapi.Queue, billingapi.Queue, webhookapi.Queue
+	if !o.realManagers {
+		callQ, billQ, hookQ = testenv.Name("call"), testenv.Name("billing"), testenv.Name("webhook")
+		startServer(t, conn, callQ, h.calls.routes())
+		startServer(t, conn, billQ, h.billing.routes())
+		startServer(t, conn, hookQ, h.hooks.routes())
+	}
 	if o.callQueue != "" {
 		callQ = o.callQueue
 	}
