@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/tls"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +46,13 @@ import (
 const service = "api-manager"
 
 func main() {
+	// `<binary> vars` prints the variables config.Load reads, as JSON (deploy/check uses it).
+	if len(os.Args) > 1 && os.Args[1] == "vars" {
+		if err := json.NewEncoder(os.Stdout).Encode(config.Vars()); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {

@@ -60,6 +60,20 @@ func (c Config) TLS() bool { return c.TLSCertFile != "" }
 // Load reads and validates the configuration, reporting every problem in one error.
 func Load(getenv func(string) string) (Config, error) {
 	r := envconf.New(getenv)
+	c := load(r)
+	return c, r.Err()
+}
+
+// Vars lists every variable Load reads, with its default and whether it is required
+// (`<binary> vars`; deploy/check compares deployments against it).
+func Vars() []envconf.Var {
+	r := envconf.New(func(string) string { return "" })
+	load(r)
+	return r.Vars()
+}
+
+// load reads the configuration through r, recording problems in it.
+func load(r *envconf.Reader) Config {
 	c := Config{
 		DatabaseDSN:     r.MySQLDSN("DATABASE_DSN", "", true),
 		RabbitMQAddress: r.URL("RABBITMQ_ADDRESS", "", true, "amqp", "amqps"),
@@ -106,7 +120,7 @@ func Load(getenv func(string) string) (Config, error) {
 			r.Fail("CORS_ORIGINS", "%q is not an origin like https://app.example.com (or *)", o)
 		}
 	}
-	return c, r.Err()
+	return c
 }
 
 // parseJWTKeys reads "secret" or "kid:secret,kid:secret". A bare secret gets the kid "default".
