@@ -17,12 +17,14 @@ import (
 	"voipbin/pkg/envconf"
 )
 
-// LoadCompose parses a compose file with compose-go, the library docker compose itself uses:
-// schema validation, YAML anchors and merges, ${VAR:-default} interpolation (against env only,
-// never this process's environment, and no .env file), and consistency (depends_on targets,
-// volumes). The project directory is root, as for `docker compose up` at the repository root.
-func LoadCompose(ctx context.Context, root, file string, env []string) (*types.Project, error) {
-	opts, err := cli.NewProjectOptions([]string{file},
+// LoadCompose parses compose files (later ones override earlier ones, as with `docker compose
+// -f a.yml -f b.yml`) with compose-go, the library docker compose itself uses: schema
+// validation, YAML anchors and merges, !reset and !override, ${VAR:-default} interpolation
+// (against env only, never this process's environment, and no .env file), profiles, and
+// consistency (depends_on targets, volumes). The project directory is root, as for `docker
+// compose up` at the repository root.
+func LoadCompose(ctx context.Context, root string, env []string, files ...string) (*types.Project, error) {
+	opts, err := cli.NewProjectOptions(files,
 		cli.WithWorkingDirectory(root),
 		cli.WithEnv(env),
 		cli.WithConsistency(true),

@@ -40,7 +40,7 @@ func loadComposeText(t *testing.T, text string) ([]Problem, error) {
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := LoadCompose(context.Background(), repoRoot(t), file, nil)
+	p, err := LoadCompose(context.Background(), repoRoot(t), nil, file)
 	if err != nil {
 		return nil, err
 	}
@@ -50,21 +50,67 @@ func loadComposeText(t *testing.T, text string) ([]Problem, error) {
 func TestCompose(t *testing.T) {
 	b := build(t)
 	root := repoRoot(t)
-	p, err := LoadCompose(context.Background(), root, filepath.Join(root, "docker-compose.yml"), nil)
+	p, err := LoadCompose(context.Background(), root, nil, filepath.Join(root, "docker-compose.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantProblems(t, CheckCompose(p, composeRules(t, b)))
 
 	// What a user's settings change must still pass, e.g. a LAN address for SIP and the API.
-	p, err = LoadCompose(context.Background(), root, filepath.Join(root, "docker-compose.yml"),
-		[]string{"PUBLISH_ADDRESS=0.0.0.0", "SIP_EXTERNAL_ADDRESS=192.0.2.10:5060", "JWT_KEY=0123456789abcdef0123456789abcdef"})
+	p, err = LoadCompose(context.Background(), root,
+		[]string{"PUBLISH_ADDRESS=0.0.0.0", "SIP_EXTERNAL_ADDRESS=192.0.2.10:5060", "JWT_KEY=0123456789abcdef0123456789abcdef"},
+		filepath.Join(root, "docker-compose.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantProblems(t, CheckCompose(p, composeRules(t, b)))
 	if got := *p.Services["rtc-manager"].Environment["SIP_EXTERNAL_ADDRESS"]; got != "192.0.2.10:5060" {
 		t.Errorf("SIP_EXTERNAL_ADDRESS = %q: the setting did not reach the service", got)
+	}
+}
+
+// TestComposeExternal loads deploy/docker/compose.external.yml over docker-compose.yml: the
+// managers reach the given MySQL, Redis and RabbitMQ, the local ones are not started, and the
+// result passes the same checks (without the RabbitMQ UI, which is no longer there to publish).
+func TestComposeExternal(t *testing.T) {
+	b := build(t)
+	root := repoRoot(t)
+	files := []string{filepath.Join(root, "docker-compose.yml"), filepath.Join(root, "deploy/docker/compose.external.yml")}
+	env := []string{
+		"DATABASE_DSN=voipbin:pw@tcp(db.example.internal:3306)/voipbin",
+		"RABBITMQ_ADDRESS=amqps://voipbin:pw@mq.example.internal:5671/voipbin",
+		"REDIS_ADDRESS=cache.example.internal:6379",
+	}
+	p, err := LoadCompose(context.Background(), root, env, files...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := composeRules(t, b)
+	rules.Infra = nil
+	rules.Published = rules.Published[:3]
+	wantProblems(t, CheckCompose(p, rules))
+	for _, infra := range []string{"mariadb", "redis", "rabbitmq"} {
+		if _, ok := p.Services[infra]; ok {
+			t.Errorf("%s still runs", infra)
+		}
+	}
+	for name, svc := range p.Services {
+		for k, v := range svc.Environment {
+			for _, local := range []string{"mariadb:", "redis:", "rabbitmq:"} {
+				if v != nil && strings.Contains(*v, local) {
+					t.Errorf("%s: %s=%s still points at the local %s", name, k, *v, strings.TrimSuffix(local, ":"))
+				}
+			}
+		}
+	}
+	if got := *p.Services["rtc-manager"].Environment["REDIS_ADDRESS"]; got != "cache.example.internal:6379" {
+		t.Errorf("rtc-manager REDIS_ADDRESS = %q", got)
+	}
+
+	// Without the settings, compose refuses to start and says which is missing.
+	_, err = LoadCompose(context.Background(), root, env[1:], files...)
+	if err == nil || !strings.Contains(err.Error(), "set DATABASE_DSN") {
+		t.Errorf("without DATABASE_DSN: err = %v", err)
 	}
 }
 
@@ -154,7 +200,7 @@ func TestLoadComposeRefuses(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = LoadCompose(context.Background(), repoRoot(t), abs, nil)
+			_, err = LoadCompose(context.Background(), repoRoot(t), nil, abs)
 			if err == nil || !strings.Contains(strings.ToLower(err.Error()), tt.want) {
 				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
 			}
