@@ -12,7 +12,7 @@
 #             as seen on rtc.events.
 # The rtc manager runs as its own process against the local Redis and a RabbitMQ virtual host of
 # its own (deleted at the end). Prints one line per run and the highest rate with zero failures
-# in every round for each side.
+# in every round for each side. LOG_DIR=dir keeps the rtc manager's log (RTC_LOG_LEVEL, warn).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -32,6 +32,7 @@ cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+	if [[ -n ${LOG_DIR:-} ]]; then cp "$tmp"/*.log "$LOG_DIR"/ 2>/dev/null || true; fi
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -66,7 +67,7 @@ rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*'
 sip=$(free_port)
 admin=$(free_port)
 RABBITMQ_ADDRESS="$RABBIT_BASE/$vhost" REDIS_ADDRESS="$REDIS_ADDRESS" NODE_ID="bench-$$" SIP_LISTEN_ADDRESS="127.0.0.1:$sip" \
-	ADMIN_ADDRESS="127.0.0.1:$admin" LOG_LEVEL=error RTC_TEL_TRUNK_URI='sip:{number}@127.0.0.1:9' \
+	ADMIN_ADDRESS="127.0.0.1:$admin" LOG_LEVEL="${RTC_LOG_LEVEL:-warn}" RTC_TEL_TRUNK_URI='sip:{number}@127.0.0.1:9' \
 	"$tmp/rtc-manager" >"$tmp/rtc.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do

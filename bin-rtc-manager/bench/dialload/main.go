@@ -35,6 +35,8 @@ type result struct {
 	DialP99ms   float64  `json:"dial_rpc_p99_ms"`
 	SetupP50ms  float64  `json:"answer_p50_ms"` // dial request to rtc.answered
 	FirstErrors []string `json:"first_errors,omitempty"`
+	// Unfinished names a few calls that never ended in time, with the last event seen.
+	Unfinished []string `json:"unfinished,omitempty"`
 }
 
 func main() {
@@ -60,6 +62,7 @@ func main() {
 }
 
 type call struct {
+	last     string
 	start    time.Time
 	answered time.Duration
 	ended    bool
@@ -104,8 +107,11 @@ func run(url, target string, rate float64, dur, wait time.Duration) (result, err
 			if err != nil {
 				return "", err
 			}
-			once.Do(func() { close(ready) })
-			return q.Name, ch.QueueBind(q.Name, event.CustomerKey(customer), event.ExchangeRTC, false, nil)
+			if err := ch.QueueBind(q.Name, event.CustomerKey(customer), event.ExchangeRTC, false, nil); err != nil {
+				return "", err
+			}
+			once.Do(func() { close(ready) }) // only once bound: an event published earlier would be lost
+			return q.Name, nil
 		}}, func(_ context.Context, d amqp.Delivery) {
 			var ev event.Event
 			if json.Unmarshal(d.Body, &ev) != nil {
@@ -119,6 +125,7 @@ func run(url, target string, rate float64, dur, wait time.Duration) (result, err
 				c = &call{}
 				calls[ev.ResourceID] = c
 			}
+			c.last = ev.EventType
 			switch ev.EventType {
 			case rtcapi.EventAnswered:
 				c.answered = data.At.Sub(c.start)
@@ -188,7 +195,10 @@ func run(url, target string, rate float64, dur, wait time.Duration) (result, err
 	defer mu.Unlock()
 	res := result{Rate: rate, Achieved: float64(n) / elapsed.Seconds(), Dialled: n, Failed: failed, FirstErrors: errs}
 	var setup []time.Duration
-	for _, c := range calls {
+	for id, c := range calls {
+		if !c.ended && !c.start.IsZero() && len(res.Unfinished) < 5 {
+			res.Unfinished = append(res.Unfinished, id+" last="+c.last)
+		}
 		switch {
 		case c.ended && c.ok:
 			res.Completed++

@@ -123,8 +123,11 @@ func TestRelayThroughBrokerOutage(t *testing.T) {
 			if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
 				return "", err
 			}
+			if err := ch.QueueBind(q, event.CustomerKey(customer), event.ExchangeRTC, false, nil); err != nil {
+				return "", err
+			}
 			once.Do(func() { close(ready) })
-			return q, ch.QueueBind(q, event.CustomerKey(customer), event.ExchangeRTC, false, nil)
+			return q, nil
 		}}, func(_ context.Context, d amqp.Delivery) {
 			var ev event.Event
 			_ = json.Unmarshal(d.Body, &ev)
