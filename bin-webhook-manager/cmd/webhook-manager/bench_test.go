@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -88,6 +89,7 @@ func startBench(b *testing.B, n int) *benchEnv {
 		"WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
 		"WEBHOOK_EVENT_QUEUE":      events,
 		"WEBHOOK_RPC_QUEUE":        rpcQ,
+		"WEBHOOK_WORKERS":          os.Getenv("BENCH_WORKERS"),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -182,10 +184,12 @@ func BenchmarkDeliveryThroughput(b *testing.B) {
 	for batch := range slices.Chunk(evs, 200) {
 		e.publish(b, batch...)
 	}
+	published := time.Since(start)
 	e.wait(b, b.N)
 	elapsed := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "deliveries/s")
+	b.ReportMetric(float64(b.N)/published.Seconds(), "published/s")
 }
 
 // BenchmarkEventToFirstAttempt publishes b.N call events at a steady 100 per second, below the

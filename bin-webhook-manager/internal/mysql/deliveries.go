@@ -382,61 +382,82 @@ ORDER BY d.next_attempt LIMIT ?`,
 	return claims, nil
 }
 
-// Record saves an attempt and its decision in one transaction. When the delivery is rescheduled,
-// the later deliveries of its chain are pushed back to the same time, so claims do not keep
-// scanning rows that must wait for their head anyway. A 410 disables the webhook.
-func (s *DeliveryStore) Record(ctx context.Context, c webhook.Claim, a webhook.Attempt, dec webhook.Decision) error {
-	id, _ := uid(c.ID)
-	hook, _ := uid(c.WebhookID)
-	tok, _ := uid(c.Token)
-	now := time.Now().UTC()
-	response := a.Response
-	if response == nil {
-		response = []byte{}
+// Record saves attempts and their decisions, all in one transaction (one commit for the batch).
+// When a delivery is rescheduled, the later deliveries of its chain are pushed back to the same
+// time, so claims do not keep reading rows that must wait for their head anyway; when it is
+// settled, followers it had pushed back are released. A 410 disables the webhook and pauses its
+// other deliveries. A record whose lease was lost saves only its attempt.
+func (s *DeliveryStore) Record(ctx context.Context, rs []webhook.Recorded) error {
+	if len(rs) == 0 {
+		return nil
 	}
+	now := time.Now().UTC()
 	return inTx(ctx, s.db, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO webhook_attempts (delivery_id, tm_attempt, http_status, latency_ms, error, response) VALUES (?, ?, ?, ?, ?, ?)",
-			id, a.At, a.HTTPStatus, a.Latency.Milliseconds(), a.Error, response); err != nil {
-			return fmt.Errorf("insert attempt: %w", err)
-		}
-		next := dec.NextAttempt
-		if dec.Status != webhook.DeliveryPending || next.IsZero() {
-			next = now
-		}
-		res, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET status = ?, next_attempt = ?, claim_until = NULL, claim_token = NULL,
-window_attempts = window_attempts + 1, attempt_count = attempt_count + 1, tm_update = ? WHERE id = ? AND claim_token = ?`,
-			dec.Status, next, now, id, tok)
-		if err != nil {
-			return fmt.Errorf("update delivery: %w", err)
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return nil // the lease was lost: another dispatcher owns the delivery now
-		}
-		if dec.Status == webhook.DeliveryPending {
-			if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET next_attempt = ? WHERE webhook_id = ? AND resource_id = ?
-AND status = ? AND sequence > ? AND next_attempt < ?`, next, hook, c.ResourceID, webhook.DeliveryPending, c.Sequence, next); err != nil {
-				return fmt.Errorf("postpone the chain: %w", err)
+		q := "INSERT INTO webhook_attempts (delivery_id, tm_attempt, http_status, latency_ms, error, response) VALUES (?, ?, ?, ?, ?, ?)" +
+			strings.Repeat(", (?, ?, ?, ?, ?, ?)", len(rs)-1)
+		args := make([]any, 0, 6*len(rs))
+		for _, r := range rs {
+			id, _ := uid(r.Claim.ID)
+			response := r.Attempt.Response
+			if response == nil {
+				response = []byte{}
 			}
-		} else {
-			// Settled (perhaps early, by a manual retry): followers that were only waiting for it,
-			// never tried themselves, are due now rather than at the time they were postponed to.
-			if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET next_attempt = ? WHERE webhook_id = ? AND resource_id = ?
-AND status = ? AND sequence > ? AND window_attempts = 0 AND next_attempt > ?`, now, hook, c.ResourceID, webhook.DeliveryPending, c.Sequence, now); err != nil {
-				return fmt.Errorf("release the chain: %w", err)
-			}
+			args = append(args, id, r.Attempt.At, r.Attempt.HTTPStatus, r.Attempt.Latency.Milliseconds(), r.Attempt.Error, response)
 		}
-		if dec.Disable {
-			if _, err := tx.ExecContext(ctx, "UPDATE webhook_webhooks SET status = ?, tm_update = ? WHERE id = ?", webhook.StatusDisabled, now, hook); err != nil {
-				return fmt.Errorf("disable webhook: %w", err)
-			}
-			if err := pauseDeliveries(ctx, tx, hook, now); err != nil {
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("insert attempts: %w", err)
+		}
+		for _, r := range rs {
+			if err := settle(ctx, tx, r, now); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
+}
+
+func settle(ctx context.Context, tx *sql.Tx, r webhook.Recorded, now time.Time) error {
+	c, dec := r.Claim, r.Decision
+	id, _ := uid(c.ID)
+	hook, _ := uid(c.WebhookID)
+	tok, _ := uid(c.Token)
+	next := dec.NextAttempt
+	if dec.Status != webhook.DeliveryPending || next.IsZero() {
+		next = now
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET status = ?, next_attempt = ?, claim_until = NULL, claim_token = NULL,
+window_attempts = window_attempts + 1, attempt_count = attempt_count + 1, tm_update = ? WHERE id = ? AND claim_token = ?`,
+		dec.Status, next, now, id, tok)
+	if err != nil {
+		return fmt.Errorf("update delivery: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return nil // the lease was lost: another dispatcher owns the delivery now
+	}
+	if dec.Status == webhook.DeliveryPending {
+		if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET next_attempt = ? WHERE webhook_id = ? AND resource_id = ?
+AND status = ? AND sequence > ? AND next_attempt < ?`, next, hook, c.ResourceID, webhook.DeliveryPending, c.Sequence, next); err != nil {
+			return fmt.Errorf("postpone the chain: %w", err)
+		}
+	} else {
+		// Settled (perhaps early, by a manual retry): followers that were only waiting for it,
+		// never tried themselves, are due now rather than at the time they were postponed to.
+		if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET next_attempt = ? WHERE webhook_id = ? AND resource_id = ?
+AND status = ? AND sequence > ? AND window_attempts = 0 AND next_attempt > ?`, now, hook, c.ResourceID, webhook.DeliveryPending, c.Sequence, now); err != nil {
+			return fmt.Errorf("release the chain: %w", err)
+		}
+	}
+	if dec.Disable {
+		if _, err := tx.ExecContext(ctx, "UPDATE webhook_webhooks SET status = ?, tm_update = ? WHERE id = ?", webhook.StatusDisabled, now, hook); err != nil {
+			return fmt.Errorf("disable webhook: %w", err)
+		}
+		if err := pauseDeliveries(ctx, tx, hook, now); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Backlog counts the pending deliveries (of enabled webhooks: the others' are paused) and finds

@@ -203,13 +203,13 @@ func TestClaimTakesOnlyTheHeadOfEachChain(t *testing.T) {
 			headA = c
 			continue
 		}
-		if err := s.Record(ctx, c, webhook.Attempt{At: now, HTTPStatus: 200}, webhook.Decision{Status: webhook.DeliverySucceeded}); err != nil {
+		if err := s.Record(ctx, []webhook.Recorded{{Claim: c, Attempt: webhook.Attempt{At: now, HTTPStatus: 200}, Decision: webhook.Decision{Status: webhook.DeliverySucceeded}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A retry keeps the head pending: the chain stays blocked, and its successors wait with it.
 	next := now.Add(time.Hour)
-	if err := s.Record(ctx, headA, webhook.Attempt{At: now, HTTPStatus: 500}, webhook.Decision{Status: webhook.DeliveryPending, NextAttempt: next}); err != nil {
+	if err := s.Record(ctx, []webhook.Recorded{{Claim: headA, Attempt: webhook.Attempt{At: now, HTTPStatus: 500}, Decision: webhook.Decision{Status: webhook.DeliveryPending, NextAttempt: next}}}); err != nil {
 		t.Fatal(err)
 	}
 	if c, _ := s.Claim(ctx, now.Add(time.Second), 10, lease); len(c) != 0 {
@@ -223,7 +223,7 @@ func TestClaimTakesOnlyTheHeadOfEachChain(t *testing.T) {
 	if len(c) != 1 || c[0].ID != a1.ID || c[0].WindowAttempts != 1 {
 		t.Fatalf("claim at the retry time = %+v, want a1 with one attempt in its window", c)
 	}
-	if err := s.Record(ctx, c[0], webhook.Attempt{At: next, HTTPStatus: 200}, webhook.Decision{Status: webhook.DeliverySucceeded}); err != nil {
+	if err := s.Record(ctx, []webhook.Recorded{{Claim: c[0], Attempt: webhook.Attempt{At: next, HTTPStatus: 200}, Decision: webhook.Decision{Status: webhook.DeliverySucceeded}}}); err != nil {
 		t.Fatal(err)
 	}
 	if c, _ := s.Claim(ctx, next, 10, lease); len(c) != 1 || c[0].ID != a2.ID {
@@ -236,7 +236,7 @@ func TestClaimTakesOnlyTheHeadOfEachChain(t *testing.T) {
 	} else {
 		// The first claimer's late record must not overwrite the second's lease.
 		stale := webhook.Claim{Delivery: a2, Token: uuid.NewString()}
-		if err := s.Record(ctx, stale, webhook.Attempt{At: next, HTTPStatus: 200}, webhook.Decision{Status: webhook.DeliverySucceeded}); err != nil {
+		if err := s.Record(ctx, []webhook.Recorded{{Claim: stale, Attempt: webhook.Attempt{At: next, HTTPStatus: 200}, Decision: webhook.Decision{Status: webhook.DeliverySucceeded}}}); err != nil {
 			t.Fatal(err)
 		}
 		if d, _ := s.Delivery(ctx, w.ID, a2.ID); d.Status != webhook.DeliveryPending || len(d.Attempts) != 1 {
@@ -304,7 +304,7 @@ func TestConcurrentClaimersKeepChainsInOrder(t *testing.T) {
 					}
 					settled[c.ResourceID] = append(settled[c.ResourceID], c.Sequence)
 					mu.Unlock()
-					if err := s.Record(ctx, c, webhook.Attempt{At: time.Now(), HTTPStatus: 200}, webhook.Decision{Status: webhook.DeliverySucceeded}); err != nil {
+					if err := s.Record(ctx, []webhook.Recorded{{Claim: c, Attempt: webhook.Attempt{At: time.Now(), HTTPStatus: 200}, Decision: webhook.Decision{Status: webhook.DeliverySucceeded}}}); err != nil {
 						errc <- err
 						return
 					}
@@ -347,13 +347,18 @@ func TestDeliveryLogPagingRetryAndBacklog(t *testing.T) {
 		t.Fatalf("Backlog = %d, %s, %v; want 5 and the first creation %s", n, oldest, err, added[0].TMCreate)
 	}
 
-	// One attempt on the newest, so the log has something to show.
+	// One attempt on each, recorded in one batch, so the log has something to show.
 	c, _ := s.Claim(ctx, time.Now().UTC(), 5, time.Minute)
+	var rs []webhook.Recorded
 	for _, cl := range c {
-		dec := webhook.Decision{Status: webhook.DeliveryFailed}
-		if err := s.Record(ctx, cl, webhook.Attempt{At: time.Now().UTC(), HTTPStatus: 404, Latency: 12 * time.Millisecond, Response: []byte("no such hook")}, dec); err != nil {
-			t.Fatal(err)
-		}
+		rs = append(rs, webhook.Recorded{Claim: cl, Decision: webhook.Decision{Status: webhook.DeliveryFailed},
+			Attempt: webhook.Attempt{At: time.Now().UTC(), HTTPStatus: 404, Latency: 12 * time.Millisecond, Response: []byte("no such hook")}})
+	}
+	if len(rs) != 5 {
+		t.Fatalf("claimed %d, want 5", len(rs))
+	}
+	if err := s.Record(ctx, rs); err != nil {
+		t.Fatal(err)
 	}
 	var seen []string
 	token := ""
@@ -456,7 +461,7 @@ func TestRecordGoneDisablesTheWebhook(t *testing.T) {
 	if len(c) != 1 {
 		t.Fatal("nothing claimed")
 	}
-	if err := s.Record(ctx, c[0], webhook.Attempt{At: time.Now(), HTTPStatus: 410}, webhook.Decision{Status: webhook.DeliveryFailed, Disable: true}); err != nil {
+	if err := s.Record(ctx, []webhook.Recorded{{Claim: c[0], Attempt: webhook.Attempt{At: time.Now(), HTTPStatus: 410}, Decision: webhook.Decision{Status: webhook.DeliveryFailed, Disable: true}}}); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := hooks.Get(ctx, "", w.ID); got.Status != webhook.StatusDisabled {
@@ -482,7 +487,7 @@ func TestSettlingAHeadEarlyReleasesItsChain(t *testing.T) {
 	if len(c) != 1 || c[0].ID != d1.ID {
 		t.Fatalf("claim = %v, want d1", claimIDs(c))
 	}
-	if err := s.Record(ctx, c[0], webhook.Attempt{At: now, HTTPStatus: 503}, webhook.Decision{Status: webhook.DeliveryPending, NextAttempt: now.Add(4 * time.Hour)}); err != nil {
+	if err := s.Record(ctx, []webhook.Recorded{{Claim: c[0], Attempt: webhook.Attempt{At: now, HTTPStatus: 503}, Decision: webhook.Decision{Status: webhook.DeliveryPending, NextAttempt: now.Add(4 * time.Hour)}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Retry(ctx, w.ID, d1.ID, now); err != nil {
@@ -492,7 +497,7 @@ func TestSettlingAHeadEarlyReleasesItsChain(t *testing.T) {
 	if len(c) != 1 || c[0].ID != d1.ID {
 		t.Fatalf("claim after the manual retry = %v, want d1", claimIDs(c))
 	}
-	if err := s.Record(ctx, c[0], webhook.Attempt{At: now, HTTPStatus: 200}, webhook.Decision{Status: webhook.DeliverySucceeded}); err != nil {
+	if err := s.Record(ctx, []webhook.Recorded{{Claim: c[0], Attempt: webhook.Attempt{At: now, HTTPStatus: 200}, Decision: webhook.Decision{Status: webhook.DeliverySucceeded}}}); err != nil {
 		t.Fatal(err)
 	}
 	if c, _ := s.Claim(ctx, time.Now().UTC(), 10, time.Minute); len(c) != 1 || c[0].ID != d2.ID {

@@ -41,6 +41,7 @@ type Options struct {
 	Backoff     time.Duration // first retry delay, doubling to 10 s (default 250 ms)
 	Prefetch    int           // deliveries the broker sends ahead (default 128)
 	Batch       int           // most events handled in one call (default 64)
+	Linger      time.Duration // how long a batch waits for one more event (default 1 ms)
 	Registerer  prometheus.Registerer
 }
 
@@ -76,6 +77,9 @@ func New(conn *amqp.Conn, log *slog.Logger, opts Options, h Handler) *Subscriber
 	}
 	if opts.Batch <= 0 {
 		opts.Batch = 64
+	}
+	if opts.Linger <= 0 {
+		opts.Linger = time.Millisecond
 	}
 	var dedupe event.Deduper = event.NewMemoryDeduper(100_000)
 	if opts.Redis != nil {
@@ -141,8 +145,8 @@ func (s *Subscriber) Run(ctx context.Context) error {
 }
 
 // consumeOnce consumes on one channel until it closes or ctx ends. It takes what the broker has
-// sent ahead, up to Batch deliveries, without waiting for more, and handles them as one batch:
-// under load batches grow and commits are shared; when idle each event goes alone at once.
+// sent ahead, up to Batch deliveries, and handles them as one batch: under load batches grow and
+// commits are shared; when idle each event goes alone after at most Linger.
 func (s *Subscriber) consumeOnce(ctx context.Context) error {
 	ch, err := s.conn.Channel(ctx)
 	if err != nil {
@@ -176,6 +180,9 @@ func (s *Subscriber) consumeOnce(ctx context.Context) error {
 			}
 			batch = append(batch, d)
 		}
+		// The client hands deliveries over one at a time, so wait a moment for ones already on
+		// their way: a batch ends when it is full or nothing came for Linger.
+		linger := time.NewTimer(s.opts.Linger)
 	fill:
 		for len(batch) < s.opts.Batch {
 			select {
@@ -184,10 +191,12 @@ func (s *Subscriber) consumeOnce(ctx context.Context) error {
 					break fill
 				}
 				batch = append(batch, d)
-			default:
+				linger.Reset(s.opts.Linger)
+			case <-linger.C:
 				break fill
 			}
 		}
+		linger.Stop()
 		s.handleBatch(ctx, batch)
 	}
 }

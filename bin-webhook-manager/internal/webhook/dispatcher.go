@@ -27,12 +27,18 @@ type Queue interface {
 	// of each (webhook, resource) chain: a delivery is not claimed while an earlier-sequence
 	// delivery of the same resource to the same webhook is pending.
 	Claim(ctx context.Context, now time.Time, limit int, lease time.Duration) ([]Claim, error)
-	// Record saves an attempt and the decision that follows it in one transaction, and disables
-	// the webhook when the decision says so. If the lease was lost meanwhile, only the attempt is
-	// saved.
-	Record(ctx context.Context, c Claim, a Attempt, d Decision) error
+	// Record saves attempts and the decisions that follow them in one transaction, and disables
+	// a webhook when a decision says so. If a lease was lost meanwhile, only its attempt is saved.
+	Record(ctx context.Context, rs []Recorded) error
 	// Backlog counts pending deliveries of enabled webhooks and gives the oldest one's creation.
 	Backlog(ctx context.Context) (n int, oldest time.Time, err error)
+}
+
+// Recorded is one attempt of a claimed delivery and what follows it.
+type Recorded struct {
+	Claim    Claim
+	Attempt  Attempt
+	Decision Decision
 }
 
 // Request is one HTTP request of a delivery.
@@ -126,7 +132,14 @@ func (d *Dispatcher) lease() time.Duration { return d.opts.Timeout + 5*time.Seco
 // Run dispatches until ctx ends, then lets the attempts in flight finish and record.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	records := make(chan recordRequest, d.opts.Workers)
+	recorderDone := make(chan struct{})
+	go func() { defer close(recorderDone); d.recorder(ctx, records) }()
+	defer func() {
+		wg.Wait()
+		close(records)
+		<-recorderDone
+	}()
 	slots := make(chan struct{}, d.opts.Workers)
 	freed := make(chan struct{}, 1)
 	gauges := time.NewTicker(5 * time.Second)
@@ -150,7 +163,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					d.attempt(ctx, c)
+					d.attempt(ctx, c, records)
 					<-slots
 					select {
 					case freed <- struct{}{}:
@@ -182,7 +195,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 // attempt sends one claimed delivery and records the result. It outlives ctx's cancellation (an
 // attempt in flight finishes and is recorded) but not its own timeout.
-func (d *Dispatcher) attempt(ctx context.Context, c Claim) {
+func (d *Dispatcher) attempt(ctx context.Context, c Claim, records chan<- recordRequest) {
 	ctx = telemetry.WithCustomerID(context.WithoutCancel(ctx), c.CustomerID)
 	if strings.HasPrefix(c.EventType, "call.") {
 		ctx = telemetry.WithCallID(ctx, c.ResourceID)
@@ -204,9 +217,9 @@ func (d *Dispatcher) attempt(ctx context.Context, c Claim) {
 	dec := d.opts.Policy.Decide(res, c.WindowAttempts+1, c.WindowStart, now)
 	d.attempts.WithLabelValues(dec.Outcome).Inc()
 	d.latency.Observe(res.Latency.Seconds())
-	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer rcancel()
-	if err := d.queue.Record(rctx, c, a, dec); err != nil {
+	done := make(chan error, 1)
+	records <- recordRequest{Recorded{Claim: c, Attempt: a, Decision: dec}, done}
+	if err := <-done; err != nil {
 		d.errors.Inc()
 		d.log.ErrorContext(ctx, "recording a delivery attempt failed; the delivery is sent again when its lease ends",
 			"delivery_id", c.ID, "webhook", c.Webhook, "error", err)
@@ -230,6 +243,49 @@ func (d *Dispatcher) attempt(ctx context.Context, c Claim) {
 	d.log.Log(ctx, lvl, "delivery attempt", attrs...)
 	if dec.Disable {
 		d.log.WarnContext(ctx, "webhook answered 410 Gone; disabled", "webhook", c.Webhook)
+	}
+}
+
+type recordRequest struct {
+	r    Recorded
+	done chan<- error
+}
+
+// recorder saves the outcomes of attempts until records is closed. Outcomes that finish close
+// together are saved in one transaction, so concurrent attempts share a commit; if such a batch
+// fails, each is saved alone. The attempt waits for its outcome to be durable (its delivery
+// stays leased meanwhile, so nothing else of its chain is claimed).
+func (d *Dispatcher) recorder(ctx context.Context, records <-chan recordRequest) {
+	for first := range records {
+		batch := []recordRequest{first}
+	more:
+		for len(batch) < d.opts.Workers {
+			select {
+			case r, ok := <-records:
+				if !ok {
+					break more
+				}
+				batch = append(batch, r)
+			default:
+				break more
+			}
+		}
+		rs := make([]Recorded, len(batch))
+		for i, r := range batch {
+			rs[i] = r.r
+		}
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := d.queue.Record(rctx, rs)
+		if err != nil && len(batch) > 1 {
+			for _, r := range batch {
+				r.done <- d.queue.Record(rctx, []Recorded{r.r})
+			}
+		} else {
+			for _, r := range batch {
+				r.done <- err
+			}
+		}
+		cancel()
 	}
 }
 

@@ -109,11 +109,13 @@ func (q *fakeQueue) Claim(_ context.Context, _ time.Time, limit int, lease time.
 	return out, nil
 }
 
-func (q *fakeQueue) Record(_ context.Context, c Claim, a Attempt, d Decision) error {
+func (q *fakeQueue) Record(_ context.Context, rs []Recorded) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.recorded = append(q.recorded, recorded{c, a, d})
-	q.done <- struct{}{}
+	for _, r := range rs {
+		q.recorded = append(q.recorded, recorded{r.Claim, r.Attempt, r.Decision})
+		q.done <- struct{}{}
+	}
 	return nil
 }
 
