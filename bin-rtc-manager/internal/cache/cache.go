@@ -207,5 +207,18 @@ func (o *Outbox) Remove(ctx context.Context, published [][]byte) error {
 	return nil
 }
 
+// Park moves an unreadable entry to <outbox>:parked, where an operator can look at it.
+func (o *Outbox) Park(ctx context.Context, raw []byte) error {
+	_, err := o.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.LRem(ctx, o.key, 1, raw)
+		p.RPush(ctx, o.key+":parked", raw)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("park outbox entry: %w", err)
+	}
+	return nil
+}
+
 // Len is the number of events waiting.
 func (o *Outbox) Len(ctx context.Context) (int64, error) { return o.rdb.LLen(ctx, o.key).Result() }

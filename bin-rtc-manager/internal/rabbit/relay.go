@@ -20,6 +20,8 @@ import (
 type Source interface {
 	Peek(ctx context.Context, n int) ([][]byte, error)
 	Remove(ctx context.Context, published [][]byte) error
+	// Park moves an entry that is not an event aside, for an operator.
+	Park(ctx context.Context, raw []byte) error
 }
 
 // Publisher is the broker side (amqp.Conn).
@@ -133,23 +135,32 @@ func (r *Relay) Pass(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	msgs := make([]amqp.Message, 0, len(raw))
+	good := make([][]byte, 0, len(raw))
 	for _, b := range raw {
 		var ev event.Event
-		if err := json.Unmarshal(b, &ev); err != nil {
-			// Only this process writes the outbox; an unreadable entry is kept for an operator
-			// rather than dropped, and published as it is.
-			r.log.ErrorContext(ctx, "unreadable rtc event in the outbox; publishing it as is", "error", err)
+		if err := json.Unmarshal(b, &ev); err != nil || ev.EventID == "" || ev.CustomerID == "" {
+			// Only this service writes the outbox, so this is corruption: set it aside for an
+			// operator instead of blocking every event behind it or dropping it.
+			r.log.ErrorContext(ctx, "unreadable entry in the rtc outbox; parked", "error", err, "entry", string(b[:min(len(b), 200)]))
+			if err := r.src.Park(ctx, b); err != nil {
+				return 0, err
+			}
+			continue
 		}
+		good = append(good, b)
 		msgs = append(msgs, amqp.Message{Exchange: event.ExchangeRTC, Key: event.RoutingKey(ev.CustomerID, ev.EventType),
 			Publishing: amqp.Publishing{ContentType: "application/json", DeliveryMode: amqp.Persistent,
 				MessageId: ev.EventID, Type: ev.EventType, Timestamp: ev.Timestamp, Body: b}})
 	}
+	if len(msgs) == 0 {
+		return len(raw), nil
+	}
 	if err := r.pub.PublishBatch(ctx, msgs); err != nil {
 		return 0, err
 	}
-	if err := r.src.Remove(ctx, raw); err != nil {
+	if err := r.src.Remove(ctx, good); err != nil {
 		return 0, err // published but kept: they go out again, and consumers drop the copies
 	}
-	r.published.Add(float64(len(raw)))
+	r.published.Add(float64(len(good)))
 	return len(raw), nil
 }

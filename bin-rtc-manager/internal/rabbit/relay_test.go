@@ -22,6 +22,12 @@ import (
 
 // outboxWith stores n events of one call in a fresh Redis outbox.
 func outboxWith(t *testing.T, node string, n int) (*cache.Store, *cache.Outbox, string) {
+	s, o, c, _ := outboxWithRaw(t, node, n)
+	return s, o, c
+}
+
+// outboxWithRaw also returns a function that pushes a raw entry to the outbox.
+func outboxWithRaw(t *testing.T, node string, n int) (*cache.Store, *cache.Outbox, string, func([]byte)) {
 	t.Helper()
 	ctx := context.Background()
 	rdb := redis.NewClient(&redis.Options{Addr: testenv.RedisAddress()})
@@ -40,7 +46,12 @@ func outboxWith(t *testing.T, node string, n int) (*cache.Store, *cache.Outbox, 
 		t.Fatal(err)
 	}
 	addEvents(t, store, n)
-	return store, cache.NewOutbox(rdb, prefix, node), customer
+	push := func(b []byte) {
+		if err := rdb.RPush(ctx, cache.OutboxKey(prefix, node), b).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return store, cache.NewOutbox(rdb, prefix, node), customer, push
 }
 
 func addEvents(t *testing.T, store *cache.Store, n int) {
@@ -80,7 +91,10 @@ func (f *flaky) count() int {
 }
 
 func TestRelayKeepsEventsUntilConfirmed(t *testing.T) {
-	_, outbox, customer := outboxWith(t, "n1", 3)
+	store, outbox, customer, push := outboxWithRaw(t, "n1", 2)
+	// Corruption between good events is parked, not published and not in the way.
+	push([]byte("not json"))
+	addEvents(t, store, 1)
 	pub := &flaky{fails: 3}
 	relay := rabbit.NewRelay(outbox, pub, testenv.Logger(t), nil)
 	ctx, cancel := context.WithCancel(context.Background())

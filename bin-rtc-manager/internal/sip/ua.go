@@ -286,6 +286,7 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 		if !started {
 			u.forget(s)
 			_ = rtp.Close()
+			close(s.done) // a Hangup that found the session in the meantime returns
 			u.wg.Done()
 		}
 	}()
