@@ -61,6 +61,10 @@ const (
 	ReasonEventStreamNotYet = "EVENT_STREAM_STARTING"
 )
 
+// ProbeExchange is the topic exchange on which each instance binds a key of its own, to learn by a
+// mandatory publish when its event queue exists and is bound. Nothing else uses it.
+const ProbeExchange = "api-manager.ws.probe"
+
 // Options tune the endpoint; zero values take the defaults of DESIGN §7.
 type Options struct {
 	PingInterval  time.Duration // default 10 s
@@ -145,8 +149,10 @@ func NewHandler(d Deps) *Handler {
 		metrics: newMetrics(d.Registerer), hub: newHub(), conns: map[*conn]struct{}{},
 		probeKey: "api-manager.ws.probe." + telemetry.NewRequestID()}
 	// The probe binding lets Run learn, by a mandatory publish, that the queue exists and is bound.
+	// It lives on an exchange of its own: other services bind "#" on call.events, so a probe there
+	// would be routed before this queue exists.
 	h.sub = event.NewSubscriber(d.Conn, log, event.SubscriberOptions{Queue: "", Registerer: d.Registerer,
-		Bindings: []event.Binding{{Exchange: h.opts.Exchanges[0], Key: h.probeKey}}}, h.handleEvent)
+		Bindings: []event.Binding{{Exchange: ProbeExchange, Key: h.probeKey}}}, h.handleEvent)
 	h.bindings = newBindings(h.sub, h.opts.Exchanges, func(delta int) { h.metrics.bindings.Add(float64(delta)) })
 	h.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
@@ -182,14 +188,15 @@ func (h *Handler) Run(ctx context.Context) error {
 	return nil
 }
 
-// probe publishes a mandatory message to the probe binding until the broker routes it: from then
-// on the queue exists and bindings made by subscriptions take effect at once.
+// probe publishes a mandatory message to the probe key until the broker routes it: from then on
+// the queue exists and bindings made by subscriptions take effect at once. Before the subscriber's
+// setup the exchange may not exist (the publish fails) or the key is unbound (unroutable).
 func (h *Handler) probe(ctx context.Context) {
 	for {
 		ev, _ := event.New("api-manager.ws.probe", "", "", "", 0, nil)
 		body, _ := json.Marshal(ev)
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := h.conn.Publish(pctx, h.opts.Exchanges[0], h.probeKey, amqp.Publishing{ContentType: "application/json",
+		err := h.conn.Publish(pctx, ProbeExchange, h.probeKey, amqp.Publishing{ContentType: "application/json",
 			MessageId: ev.EventID, Body: body}, amqp.PublishOptions{Mandatory: true})
 		cancel()
 		if err == nil {

@@ -1,8 +1,10 @@
 package ws
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -518,4 +520,66 @@ func TestBindingRefusedByTheBroker(t *testing.T) {
 	if got := s.metric(t, "ws_bindings"); got != 1 {
 		t.Errorf("ws_bindings = %v, want 1", got)
 	}
+}
+
+func TestNotReadyUntilTheQueueIsConsumed(t *testing.T) {
+	conn := testenv.Rabbit(t)
+	// Another service's queue bound to everything on call.events (as webhook-manager's is) must
+	// not make this instance look ready.
+	foreign := testenv.Name("foreign")
+	ctx := context.Background()
+	ch, err := conn.Channel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if _, err := ch.QueueDeclare(foreign, false, true, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.DeleteQueuesAtCleanup(t, conn, foreign)
+	for _, ex := range []string{event.ExchangeCall, ProbeExchange} {
+		if err := event.DeclareExchange(ch, ex); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.QueueBind(foreign, "#", event.ExchangeCall, false, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	h := NewHandler(Deps{Conn: conn, Log: testenv.Logger(t), Auth: AuthFunc(fakeAuth{}.Authenticate)})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	wsURL := "ws" + strings.TrimPrefix(srv.URL, "http") + "/v1.0/ws?token=cust:" + uuid.NewString()
+	if err := h.Check(ctx); err == nil {
+		t.Fatal("Check before Run: want an error")
+	}
+	_, resp, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("upgrade before Run: %v %v, want 503", err, resp)
+	}
+	var body map[string]map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if body["error"]["reason"] != ReasonEventStreamNotYet || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("refusal before Run = %v (Retry-After %q), want %s with Retry-After", body, resp.Header.Get("Retry-After"), ReasonEventStreamNotYet)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.Run(runCtx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	eventually(t, "Check to pass once Run consumes", func() bool { return h.Check(ctx) == nil })
+	// Nothing reached the other service's queue: probes go to their own exchange.
+	if msg, ok, err := ch.Get(foreign, true); err != nil || ok {
+		t.Errorf("foreign queue got %q (%v), want nothing", msg.RoutingKey, err)
+	}
+	c, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	if err != nil {
+		t.Fatalf("upgrade once ready: %v", err)
+	}
+	c.Close()
 }
