@@ -31,6 +31,7 @@ import (
 	"voipbin/bin-api-manager/internal/identity"
 	"voipbin/bin-api-manager/internal/mysql"
 	"voipbin/bin-api-manager/internal/rpcclient"
+	"voipbin/bin-api-manager/internal/ws"
 	"voipbin/bin-api-manager/migrations"
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/billingapi"
@@ -105,11 +106,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer rdb.Close()
 
 	reg := telemetry.NewRegistry()
-	admin := telemetry.NewAdmin(cfg.AdminAddress, reg, map[string]telemetry.Check{
-		"mysql":    sqldb.Check(db),
-		"rabbitmq": conn.Check,
-		"redis":    func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-	})
 	relay := event.NewRelay(db, conn, mysql.OutboxTable, log, event.RelayOptions{Registerer: reg})
 
 	rpcClient := rpc.NewClient(conn, log, rpc.ClientOptions{})
@@ -128,15 +124,34 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		log.Info("superadmin created", "username", cfg.AdminUsername)
 	}
 
+	authenticator := httpauth.New(ids)
+	events := ws.NewHandler(ws.Deps{Conn: conn, Log: log, Registerer: reg,
+		Auth: ws.AuthFunc(func(r *http.Request) (ws.Identity, error) {
+			id, err := authenticator.Authenticate(r)
+			if err != nil {
+				return ws.Identity{}, err
+			}
+			if !id.CanRead() {
+				return ws.Identity{}, identity.ErrPermissionDenied
+			}
+			return ws.Identity{CustomerID: id.CustomerID, Superadmin: id.Superadmin()}, nil
+		})})
+	admin := telemetry.NewAdmin(cfg.AdminAddress, reg, map[string]telemetry.Check{
+		"mysql":     sqldb.Check(db),
+		"rabbitmq":  conn.Check,
+		"redis":     func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		"websocket": events.Check,
+	})
+
 	handler := httpapi.New(httpapi.Deps{
 		Log: log, Registerer: reg,
-		Identity: ids, Auth: httpauth.New(ids),
+		Identity: ids, Auth: authenticator,
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
 		Limiter:     cache.NewLimiter(rdb, "api:ratelimit:"),
 		RateLimitIP: httpapi.RateLimit(cfg.RateLimitIP), RateLimitCustomer: httpapi.RateLimit(cfg.RateLimitCustomer),
 		Idempotency: cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour, time.Minute),
 		CORSOrigins: cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
-		// WS stays nil until the WebSocket endpoint (internal/ws) is wired here.
+		WS: events,
 	})
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -152,6 +167,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
 	work, workCtx := errgroup.WithContext(ctx)
 	work.Go(func() error { return relay.Run(workCtx) })
+	work.Go(func() error { return events.Run(workCtx) })
 	work.Go(func() error {
 		log.Info("http server listening", "address", ln.Addr().String(), "tls", cfg.TLS())
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

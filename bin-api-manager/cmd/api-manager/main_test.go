@@ -142,6 +142,24 @@ func TestRunServesAndPublishes(t *testing.T) {
 		return json.Unmarshal(d.Body, &ev) == nil && ev.ResourceID == id && ev.EventType == customerapi.EventCreated
 	})
 
+	// The WebSocket endpoint is wired: it authenticates like the REST routes.
+	wsGet := func(query string) (int, string) {
+		resp, err := http.Get(base + "/v1.0/ws" + query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, b := wsGet(""); code != 401 || !strings.Contains(b, "AUTHENTICATION_REQUIRED") {
+		t.Fatalf("GET /v1.0/ws without a credential: %d %s", code, b)
+	}
+	testenv.Eventually(t, 10*time.Second, "GET /v1.0/ws with a token but no handshake to be refused as such", func() bool {
+		code, b := wsGet("?token=" + login["token"].(string))
+		return code == 400 && strings.Contains(b, "WEBSOCKET_HANDSHAKE_INVALID")
+	})
+
 	cancel()
 	select {
 	case err := <-done:
