@@ -77,7 +77,10 @@ func TestAccessKeysWithRedisDownMissAndCount(t *testing.T) {
 
 func TestIdempotency(t *testing.T) {
 	ctx := context.Background()
-	s := cache.NewIdempotency(testenv.Redis(t), testenv.Name("idem")+":", time.Hour, time.Minute)
+	rdb := testenv.Redis(t)
+	prefix := testenv.Name("idem") + ":"
+	t.Cleanup(func() { rdb.Del(context.Background(), prefix+"k1", prefix+"k2") })
+	s := cache.NewIdempotency(rdb, prefix, time.Hour, time.Minute)
 
 	_, started, err := s.Begin(ctx, "k1", "h1")
 	if err != nil || !started {
