@@ -336,6 +336,7 @@ func (c *conn) subscribe(raw []string, ack []byte) error {
 	for _, t := range fresh {
 		c.scopes[t.Customer]++
 	}
+	c.h.metrics.subscriptions.Add(float64(len(fresh)))
 	c.mu.Lock()
 	for _, t := range fresh {
 		c.topics[t.String()] = t
@@ -344,7 +345,6 @@ func (c *conn) subscribe(raw []string, ack []byte) error {
 		c.offerLocked(outFrame{data: ack})
 	}
 	c.mu.Unlock()
-	c.h.metrics.subscriptions.Add(float64(len(fresh)))
 	return nil
 }
 
