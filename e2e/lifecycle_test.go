@@ -1,9 +1,6 @@
-//go:build e2e
-
 package e2e
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -177,4 +174,3 @@ func containsInOrder(got, want []string) bool {
 	return i == len(want)
 }
 
-var _ = fmt.Sprint
