@@ -298,3 +298,49 @@ func distinct(rs []received) map[string]bool {
 	}
 	return out
 }
+
+// Two instances share the work: one records events, both send deliveries, and every call's events
+// still reach the receiver once each and in sequence order.
+func TestTwoInstancesKeepEachCallInOrder(t *testing.T) {
+	rcv := startReceiver(t)
+	a := newService(t)
+	b := a.another()
+	ctx := context.Background()
+	customer := uuid.NewString()
+	w, err := a.client.Create(ctx, webhookapi.WriteRequest{CustomerID: customer, URI: rcv.hookURL(), EventTypes: []string{"call.*"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A little latency at the receiver makes both dispatchers busy at once.
+	rcv.configure(t, map[string]any{"secret": w.Secret, "delay": 0.02})
+	const calls, perCall = 20, 5
+	var evs []event.Event
+	for seq := int64(1); seq <= perCall; seq++ {
+		for c := range calls {
+			evs = append(evs, callEvent(t, "call.updated", customer, fmt.Sprintf("00000000-0000-0000-0000-%012d", c), seq))
+		}
+	}
+	for _, ev := range evs {
+		publish(t, a.conn, event.ExchangeCall, ev)
+	}
+	testenv.Eventually(t, 60*time.Second, "every event", func() bool { return len(rcv.received(t)) >= len(evs) })
+	got := rcv.received(t)
+	if len(got) != len(evs) {
+		t.Fatalf("receiver got %d requests, want %d (once each)", len(got), len(evs))
+	}
+	next := map[string]int64{}
+	for _, r := range got {
+		if !r.VerifiedVoIPBIN || !r.VerifiedStandard {
+			t.Fatalf("unverified delivery %+v", r)
+		}
+		if r.Sequence != next[r.ResourceID]+1 {
+			t.Fatalf("call %s: sequence %d arrived after %d", r.ResourceID, r.Sequence, next[r.ResourceID])
+		}
+		next[r.ResourceID] = r.Sequence
+	}
+	for _, s := range []*managerProc{a, b} {
+		if n := strings.Count(s.log(), `"msg":"delivery attempt"`); n == 0 {
+			t.Errorf("instance with admin %s made no attempt: dispatch is not shared", s.admin)
+		}
+	}
+}

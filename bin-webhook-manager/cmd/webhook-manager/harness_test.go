@@ -234,6 +234,28 @@ func newService(t testing.TB, extraEnv ...string) *managerProc {
 	return s
 }
 
+// another starts a second instance of the same deployment: same database, queues and settings,
+// its own admin port and log.
+func (s *managerProc) another() *managerProc {
+	s.t.Helper()
+	o := &managerProc{t: s.t, conn: s.conn, client: s.client, events: s.events, rpcQ: s.rpcQ,
+		logPath: filepath.Join(s.t.TempDir(), "webhook-manager-2.log"), admin: freePort(s.t)}
+	for _, kv := range s.env {
+		if strings.HasPrefix(kv, "ADMIN_ADDRESS=") {
+			kv = "ADMIN_ADDRESS=" + o.admin
+		}
+		o.env = append(o.env, kv)
+	}
+	o.start()
+	s.t.Cleanup(func() {
+		if o.running() {
+			_ = o.cmd.Process.Signal(syscall.SIGTERM)
+			<-o.exited
+		}
+	})
+	return o
+}
+
 func tail(b []byte, n int) []byte {
 	if len(b) > n {
 		return b[len(b)-n:]
