@@ -42,8 +42,8 @@ test: ## go test -race in every module (starts MariaDB, Redis, RabbitMQ first)
 	@$(workspace)
 	@$(call header,services)
 	@bash deploy/local/services.sh ensure
-	@$(call header,sipp)
-	@bash deploy/local/services.sh sipp || echo 'warning: no sipp; the SIP tests that drive it cannot run'
+	@$(call header,test peers: sipp and python)
+	@bash deploy/local/services.sh testdeps
 	@$(call header,$(strip go test -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS)))
 	@pkgs=$$($(packages)); echo $$pkgs; go test -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $$pkgs
 

@@ -289,6 +289,9 @@ print_quickstart() {
     # create a customer with its own admin user, and log in as that user
     curl -s -X POST $api/v1.0/customers -H "Authorization: Bearer \$TOKEN" -H '$json' -d '{"name":"demo","username":"demo-admin","password":"demo-password-1"}'
     CTOKEN=\$(curl -s -X POST $api/auth/login -H '$json' -d '{"username":"demo-admin","password":"demo-password-1"}' | sed -E 's/.*"token":"([^"]+)".*/\\1/')
+    # watch your events live in a second terminal (python3-websocket); same token, your customer id
+    CID=\$(curl -s $api/v1.0/customer -H "Authorization: Bearer \$CTOKEN" | sed -E 's/.*"id":"([^"]+)".*/\\1/')
+    /usr/bin/python3 bin-api-manager/internal/ws/testdata/ws_client.py --url ws://$HTTP_ADDRESS/v1.0/ws --token "\$CTOKEN" --topic "customer_id:\$CID:call:*" --count 4 --timeout 600 &
     # place a real SIP call to the carrier simulator: rings 1 s, answers, hangs up after 5 s
     curl -s -X POST $api/v1.0/calls -H "Authorization: Bearer \$CTOKEN" -H '$json' -d '{"source":{"type":"tel","target":"+15550001111"},"destinations":[{"type":"tel","target":"+1200000005"}]}'
     # follow it (ringing, progressing, then hangup with duration 5)

@@ -5,6 +5,7 @@
 #   services.sh [ensure]   MariaDB + Redis + RabbitMQ up, database created, root can log in over TCP
 #   services.sh check      only report; exit non-zero when one is unreachable
 #   services.sh sipp       sipp (Debian package sip-tester) installed
+#   services.sh testdeps   sipp plus /usr/bin/python3 with websocket-client, Flask and requests
 #
 # DATABASE_DSN, REDIS_ADDRESS and RABBITMQ_ADDRESS (defaults in env.sh) say where each service is;
 # one that points away from loopback is only checked, never started or installed.
@@ -422,6 +423,22 @@ cmd_sipp() {
 	echo "sipp: $how ($(command -v sipp)${version:+, $version})"
 }
 
+# The black-box peers of the tests: sipp, and Debian's Python with websocket-client and Flask
+# (/usr/bin/python3, not a pyenv or venv one).
+cmd_testdeps() {
+	cmd_sipp
+	local missing=() mod pkg
+	for pair in websocket:python3-websocket flask:python3-flask requests:python3-requests; do
+		mod=${pair%%:*} pkg=${pair#*:}
+		/usr/bin/python3 -c "import $mod" >/dev/null 2>&1 || missing+=("$pkg")
+	done
+	if ((${#missing[@]})); then
+		apt_install "${missing[@]}"
+	fi
+	/usr/bin/python3 -c 'import websocket, flask, requests' || die "python test peers: still missing after installing ${missing[*]}"
+	echo "python peers: ok (/usr/bin/python3 with websocket-client, flask, requests)"
+}
+
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
 }
@@ -434,6 +451,7 @@ main() {
 		ensure) cmd_ensure ;;
 		check) cmd_check ;;
 		sipp) cmd_sipp ;;
+		testdeps) cmd_testdeps ;;
 		-h | --help | help) usage ;;
 		*)
 			usage >&2
