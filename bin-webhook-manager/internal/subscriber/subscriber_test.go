@@ -303,3 +303,28 @@ func TestBatchesFallBackToOneByOne(t *testing.T) {
 		t.Fatalf("dead letter %s, want the poison event %s", dead.MessageId, poison)
 	}
 }
+
+// After the broker drops every connection, the subscriber consumes again on the new one.
+func TestResumesAfterTheBrokerClosesTheConnection(t *testing.T) {
+	url, vhost := testenv.RabbitVhost(t)
+	conn := testenv.DialRabbit(t, url)
+	queue := testenv.Name("webhook-events")
+	r := &recorder{}
+	startSub(t, conn, subscriber.Options{Queue: queue}, r.handle)
+	waitConsumers(t, conn, queue, 1)
+	customer, call := uuid.NewString(), uuid.NewString()
+	first, _ := event.New("call.created", customer, "call", call, 1, map[string]any{})
+	publish(t, conn, event.ExchangeCall, first)
+	testenv.Eventually(t, 10*time.Second, "the first event", func() bool { return r.count() == 1 })
+
+	testenv.CloseAllConnections(t, vhost)
+	waitConsumers(t, conn, queue, 1) // passive declare on the reconnected connection
+	second, _ := event.New("call.ended", customer, "call", call, 2, map[string]any{})
+	publish(t, conn, event.ExchangeCall, second)
+	testenv.Eventually(t, 20*time.Second, "the event published after the reconnection", func() bool { return r.count() >= 2 })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seen[len(r.seen)-1].EventID != second.EventID {
+		t.Fatalf("last handled %s, want %s", r.seen[len(r.seen)-1].EventID, second.EventID)
+	}
+}
