@@ -79,7 +79,7 @@ func (f *Fanout) Handle(ctx context.Context, ev event.Event) error {
 func (f *Fanout) HandleBatch(ctx context.Context, evs []event.Event) error {
 	hooksOf := map[string][]Webhook{}
 	var ds []Delivery
-	now := f.now()
+	now := f.now().Truncate(time.Microsecond)
 	for _, ev := range evs {
 		hooks, ok := hooksOf[ev.CustomerID]
 		if !ok {
@@ -100,9 +100,11 @@ func (f *Fanout) HandleBatch(ctx context.Context, evs []event.Event) error {
 					return fmt.Errorf("marshal event %s: %w", ev.EventID, err)
 				}
 			}
+			// One microsecond apart, so the delivery log keeps the order the events came in.
+			created := now.Add(time.Duration(len(ds)) * time.Microsecond)
 			ds = append(ds, Delivery{ID: uuid.NewString(), WebhookID: w.ID, CustomerID: w.CustomerID, EventID: ev.EventID,
 				EventType: ev.EventType, ResourceID: ev.ResourceID, Sequence: ev.Sequence, EventTime: ev.Timestamp,
-				Payload: payload, Status: DeliveryPending, NextAttempt: now, TMCreate: now})
+				Payload: payload, Status: DeliveryPending, NextAttempt: created, TMCreate: created})
 		}
 	}
 	if len(ds) == 0 {
