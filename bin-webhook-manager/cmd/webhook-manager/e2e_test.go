@@ -71,6 +71,8 @@ func TestFlaskReceiverVerifiesSignedDeliveriesInOrder(t *testing.T) {
 			t.Fatalf("delivery %d = %+v, want %s (sequence %d) of call %s", i, r, types[i], i+1, call)
 		}
 	}
+	// The same deliveries, verified by the Standard Webhooks reference library too.
+	t.Run("standardwebhooks library", func(t *testing.T) { verifyWithStandardWebhooks(t, w.Secret, got) })
 	testenv.Eventually(t, 10*time.Second, "the log to show every delivery succeeded", func() bool {
 		ds := deliveriesOf(t, s, customer, w.ID)
 		if len(ds) != len(types) {

@@ -70,18 +70,20 @@ type receiver struct {
 }
 
 type received struct {
-	EventID          string  `json:"event_id"`
-	EventType        string  `json:"event_type"`
-	Sequence         int64   `json:"sequence"`
-	ResourceID       string  `json:"resource_id"`
-	CallID           string  `json:"call_id"`
-	WebhookID        string  `json:"webhook_id"`
-	Method           string  `json:"method"`
-	VerifiedVoIPBIN  bool    `json:"verified_voipbin"`
-	VerifiedStandard bool    `json:"verified_standard"`
-	Attempt          int     `json:"attempt"`
-	Status           int     `json:"status"`
-	At               float64 `json:"at"`
+	EventID          string            `json:"event_id"`
+	EventType        string            `json:"event_type"`
+	Sequence         int64             `json:"sequence"`
+	ResourceID       string            `json:"resource_id"`
+	CallID           string            `json:"call_id"`
+	WebhookID        string            `json:"webhook_id"`
+	Method           string            `json:"method"`
+	VerifiedVoIPBIN  bool              `json:"verified_voipbin"`
+	VerifiedStandard bool              `json:"verified_standard"`
+	Attempt          int               `json:"attempt"`
+	Status           int               `json:"status"`
+	At               float64           `json:"at"`
+	Body             string            `json:"body"`
+	Headers          map[string]string `json:"headers"`
 }
 
 const python = "/usr/bin/python3"
@@ -338,5 +340,47 @@ func publish(t testing.TB, conn *amqp.Conn, exchange string, ev event.Event) {
 		amqp.PublishOptions{})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// verifyWithStandardWebhooks checks deliveries with the Standard Webhooks reference library for
+// JavaScript, installed from npm into a temporary directory. It is skipped (not passed) when node,
+// npm or the package cannot be had.
+func verifyWithStandardWebhooks(t *testing.T, secret string, rs []received) {
+	t.Helper()
+	node, err1 := exec.LookPath("node")
+	npm, err2 := exec.LookPath("npm")
+	if err1 != nil || err2 != nil {
+		t.Skip("node and npm are needed for the Standard Webhooks library check")
+	}
+	dir := t.TempDir()
+	install := exec.Command(npm, "install", "--no-save", "--no-audit", "--no-fund", "standardwebhooks@1.1.1")
+	install.Dir = dir
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Skipf("cannot install the standardwebhooks package: %v: %s", err, out)
+	}
+	script, err := filepath.Abs("testdata/swverify.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type delivery struct {
+		Body    string            `json:"body"`
+		Headers map[string]string `json:"headers"`
+	}
+	in := struct {
+		Secret     string     `json:"secret"`
+		Deliveries []delivery `json:"deliveries"`
+	}{Secret: secret}
+	for _, r := range rs {
+		in.Deliveries = append(in.Deliveries, delivery{r.Body, r.Headers})
+	}
+	b, _ := json.Marshal(in)
+	cmd := exec.Command(node, script)
+	cmd.Dir = dir // resolves require("standardwebhooks") from dir/node_modules
+	cmd.Env = append(os.Environ(), "NODE_PATH="+filepath.Join(dir, "node_modules"))
+	cmd.Stdin = bytes.NewReader(b)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("verified %d", len(rs))) {
+		t.Fatalf("the Standard Webhooks library rejected our deliveries: %v: %s", err, out)
 	}
 }

@@ -106,6 +106,8 @@ def hook():
             "attempt": attempt,
             "status": status,
             "at": time.time(),
+            "body": body.decode("utf-8", "replace"),
+            "headers": {k: request.headers.get(k, "") for k in ("webhook-id", "webhook-timestamp", "webhook-signature")},
         })
     if delay:
         time.sleep(delay)
