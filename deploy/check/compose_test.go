@@ -2,6 +2,7 @@ package check
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -66,6 +67,26 @@ func TestCompose(t *testing.T) {
 	wantProblems(t, CheckCompose(p, composeRules(t, b)))
 	if got := *p.Services["rtc-manager"].Environment["SIP_EXTERNAL_ADDRESS"]; got != "192.0.2.10:5060" {
 		t.Errorf("SIP_EXTERNAL_ADDRESS = %q: the setting did not reach the service", got)
+	}
+
+	// Webhook receivers on loopback, on the compose network (Docker's default address pools) and
+	// on the host (host.docker.internal, the bridge gateway) are allowed in the local stack.
+	var allowed []netip.Prefix
+	for _, s := range strings.Split(*p.Services["webhook-manager"].Environment["WEBHOOK_ALLOWED_NETWORKS"], ",") {
+		pfx, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			t.Fatalf("WEBHOOK_ALLOWED_NETWORKS: %v", err)
+		}
+		allowed = append(allowed, pfx)
+	}
+	for _, addr := range []string{"127.0.0.1", "::1", "172.17.0.1", "172.18.0.7", "172.31.255.1", "192.168.16.3"} {
+		a := netip.MustParseAddr(addr)
+		if !slices.ContainsFunc(allowed, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			t.Errorf("WEBHOOK_ALLOWED_NETWORKS %v does not allow %s", allowed, addr)
+		}
+	}
+	if !slices.Contains(p.Services["webhook-manager"].ExtraHosts["host.docker.internal"], "host-gateway") {
+		t.Errorf("webhook-manager has no host.docker.internal:host-gateway: %v", p.Services["webhook-manager"].ExtraHosts)
 	}
 }
 

@@ -11,6 +11,14 @@ import (
 	"time"
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildRes != nil && buildRes.dir != "" {
+		_ = os.RemoveAll(buildRes.dir)
+	}
+	os.Exit(code)
+}
+
 // repoRoot is the repository root: two directories above this file.
 func repoRoot(t testing.TB) string {
 	t.Helper()
@@ -24,6 +32,7 @@ func repoRoot(t testing.TB) string {
 // built is the result of building every component's image binaries once per test process, the
 // way its Dockerfile does (BuildFile), and asking each binary for its variables.
 type built struct {
+	dir        string // the temporary directory of everything built; TestMain removes it
 	ctx        *BuildContext
 	dockerfile map[string]*Dockerfile // by component
 	binary     map[string]string      // component -> path of the binary
@@ -57,7 +66,7 @@ func build(t *testing.T) *built {
 			b.errs = append(b.errs, err.Error())
 			return
 		}
-		// The binaries stay for the process; the OS cleans the temporary directory.
+		b.dir = dir
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		for _, c := range Components() {

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
 )
 
 func k8sRules(b *built) K8sRules {
@@ -23,6 +25,17 @@ func TestManifests(t *testing.T) {
 			if _, ok := m.Find("PodDisruptionBudget", c.Name); !ok {
 				t.Errorf("no PodDisruptionBudget/%s", c.Name)
 			}
+		}
+	}
+	// Production refuses webhook targets in private, loopback and link-local ranges: nothing
+	// may widen that in the manifests.
+	o, ok := m.Find("Deployment", "webhook-manager")
+	if !ok {
+		t.Fatal("no Deployment/webhook-manager")
+	}
+	for _, e := range o.Obj.(*appsv1.Deployment).Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "WEBHOOK_ALLOWED_NETWORKS" {
+			t.Errorf("webhook-manager sets WEBHOOK_ALLOWED_NETWORKS in production: %+v", e)
 		}
 	}
 }
