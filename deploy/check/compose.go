@@ -122,6 +122,9 @@ func checkComposeService(ps *problems, p *types.Project, r ComposeRules, c Compo
 	if img, _, _ := strings.Cut(svc.Image, ":"); img != "voipbin/"+name {
 		ps.add(name, "image %q; want voipbin/%s:<tag>, the name deploy/k8s runs", svc.Image, name)
 	}
+	if svc.PullPolicy != types.PullPolicyBuild {
+		ps.add(name, "pull_policy %q; want build (never run an image a registry holds under this name)", svc.PullPolicy)
+	}
 
 	// Environment: only names the binary reads, every required one set, listeners reachable.
 	env := map[string]string{}

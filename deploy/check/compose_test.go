@@ -152,6 +152,8 @@ func TestComposeFindsProblems(t *testing.T) {
 			[]string{"call-manager: build context", "want the repository root"}},
 		{"no build", "    build:\n" + callBuild, "",
 			[]string{"call-manager: no build"}},
+		{"pulled, not built", "  pull_policy: build\n", "",
+			[]string{"call-manager: pull_policy \"\"; want build", "carrier-sim: pull_policy"}},
 		{"image name", "image: voipbin/call-manager:", "image: call-manager:",
 			[]string{"call-manager: image \"call-manager:dev\""}},
 		{"unknown variable", "      ADMIN_ADDRESS: 0.0.0.0:9101\n", "      ADMIN_ADDRESS: 0.0.0.0:9101\n      CALL_TIMEOUT: 5s\n",
