@@ -173,4 +173,3 @@ func containsInOrder(got, want []string) bool {
 	}
 	return i == len(want)
 }
-
