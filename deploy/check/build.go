@@ -100,7 +100,7 @@ func replay(ctx context.Context, in Instruction, cwd, dir string, args map[strin
 			}
 			cwd = filepath.Join(cwd, filepath.FromSlash(words[1]))
 		case "go":
-			cmd := exec.CommandContext(ctx, "go", words[1:]...)
+			cmd := exec.CommandContext(ctx, goCommand(), words[1:]...)
 			cmd.Dir = cwd
 			cmd.Env = append(os.Environ(), env...)
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -109,6 +109,18 @@ func replay(ctx context.Context, in Instruction, cwd, dir string, args map[strin
 		}
 	}
 	return nil
+}
+
+// goCommand is the go command to replay builds with: the one on PATH, else $GOROOT/bin/go
+// (`go test` sets GOROOT for the tests it runs).
+func goCommand() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if root := os.Getenv("GOROOT"); root != "" {
+		return filepath.Join(root, "bin", "go")
+	}
+	return "go"
 }
 
 // ReadVars runs `<binary> vars` and decodes the variables it lists.
