@@ -140,6 +140,11 @@ func listen(addr string) (net.PacketConn, net.Listener, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
 		}
+		if uc, ok := udp.(*net.UDPConn); ok {
+			// Bursts of requests at a high call rate overflow the default buffer; the kernel caps
+			// this at net.core.rmem_max.
+			_ = uc.SetReadBuffer(4 << 20)
+		}
 		a := udp.LocalAddr().(*net.UDPAddr)
 		tcp, err := net.Listen("tcp", net.JoinHostPort(a.IP.String(), strconv.Itoa(a.Port)))
 		if err == nil {
