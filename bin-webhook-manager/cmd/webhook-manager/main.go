@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/errgroup"
 
 	"voipbin/bin-webhook-manager/internal/config"
 	"voipbin/bin-webhook-manager/internal/mysql"
@@ -28,6 +26,7 @@ import (
 	"voipbin/bin-webhook-manager/migrations"
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/event"
+	"voipbin/pkg/lifecycle"
 	"voipbin/pkg/migrate"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
@@ -105,29 +104,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	rpcserver.New(svc).Register(rpcSrv)
 	events := subscriber.New(conn, log, subscriber.Options{Queue: cfg.EventQueue, Redis: rdb, Registerer: reg}, fanout.HandleBatch)
 
-	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
-	work, workCtx := errgroup.WithContext(ctx)
-	work.Go(func() error { return relay.Run(workCtx) })
-	work.Go(func() error { return rpcSrv.Run(workCtx) })
-	work.Go(func() error { return events.Run(workCtx) })
-	work.Go(func() error { return dispatcher.Run(workCtx) })
-
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- admin.Run(adminCtx, log) }()
-
-	log.Info("started")
-	<-workCtx.Done()
-	admin.Drain()
-	log.Info("shutting down: finishing work in flight")
-	err = work.Wait()
-	stopAdmin()
-	if aerr := <-adminDone; aerr != nil && err == nil {
-		err = aerr
-	}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	log.Info("stopped")
-	return nil
+	return lifecycle.Run(ctx, log, lifecycle.Parts{
+		Admin: admin,
+		Work: []lifecycle.Task{
+			rpcSrv.Run,
+			events.Run,
+			dispatcher.Run,
+		},
+		Trailing: []lifecycle.Task{relay.Run},
+	})
 }
