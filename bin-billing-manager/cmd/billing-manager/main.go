@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/errgroup"
 
 	"voipbin/bin-billing-manager/internal/billing"
 	"voipbin/bin-billing-manager/internal/config"
@@ -27,6 +25,7 @@ import (
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/billingapi"
 	"voipbin/pkg/event"
+	"voipbin/pkg/lifecycle"
 	"voipbin/pkg/migrate"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
@@ -105,40 +104,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}, events.Handle)
 	sweeper := mysql.NewSweeper(db, log, mysql.SweeperOptions{Registerer: reg})
 
-	// Work stops when ctx ends; the relay outlives it so events of work finished during the drain
-	// still leave, and the admin server outlives both so /readyz reports the drain.
-	work, workCtx := errgroup.WithContext(ctx)
-	work.Go(func() error { return server.Run(workCtx) })
-	work.Go(func() error { return sub.Run(workCtx) })
-	work.Go(func() error { return sweeper.Run(workCtx) })
-
-	relayCtx, stopRelay := context.WithCancel(context.WithoutCancel(ctx))
-	relayDone := make(chan error, 1)
-	go func() { relayDone <- relay.Run(relayCtx) }()
-
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- admin.Run(adminCtx, log) }()
-
-	log.Info("started", "queue", billingapi.Queue, "event_queue", subscriber.Queue,
+	log.Info("serving", "queue", billingapi.Queue, "event_queue", subscriber.Queue,
 		"rate_tel", cfg.Policy.Rates[billing.DestinationTel], "rate_sip", cfg.Policy.Rates[billing.DestinationSIP],
 		"initial_balance", cfg.Policy.InitialBalance, "reserve_minutes", cfg.Policy.ReserveMinutes,
 		"reservation_ttl", cfg.Policy.ReservationTTL)
-	<-workCtx.Done()
-	admin.Drain()
-	log.Info("shutting down: finishing work in flight")
-	err = work.Wait()
-	stopRelay()
-	if rerr := <-relayDone; rerr != nil && err == nil {
-		err = rerr
-	}
-	stopAdmin()
-	if aerr := <-adminDone; aerr != nil && err == nil {
-		err = aerr
-	}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	log.Info("stopped")
-	return nil
+	return lifecycle.Run(ctx, log, lifecycle.Parts{
+		Admin: admin,
+		Work: []lifecycle.Task{
+			server.Run,
+			sub.Run,
+			sweeper.Run,
+		},
+		Trailing: []lifecycle.Task{relay.Run},
+	})
 }
