@@ -9,7 +9,6 @@ import (
 	"crypto/tls"
 	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/errgroup"
 
 	"voipbin/bin-api-manager/internal/cache"
 	"voipbin/bin-api-manager/internal/config"
@@ -37,6 +35,7 @@ import (
 	"voipbin/pkg/billingapi"
 	"voipbin/pkg/callapi"
 	"voipbin/pkg/event"
+	"voipbin/pkg/lifecycle"
 	"voipbin/pkg/migrate"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
@@ -165,42 +164,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 
 	// Work stops when ctx ends; the admin server outlives it so /readyz reports the drain.
-	work, workCtx := errgroup.WithContext(ctx)
-	work.Go(func() error { return relay.Run(workCtx) })
-	work.Go(func() error { return events.Run(workCtx) })
-	work.Go(func() error {
-		log.Info("http server listening", "address", ln.Addr().String(), "tls", cfg.TLS())
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	log.Info("http server listening", "address", ln.Addr().String(), "tls", cfg.TLS())
+	return lifecycle.Run(ctx, log, lifecycle.Parts{
+		Admin: admin,
+		Work:  []lifecycle.Task{events.Run, serveHTTP(srv, ln)},
+		// customer.created rows committed by requests finishing during the drain still leave.
+		Trailing: []lifecycle.Task{relay.Run},
+	})
+}
+
+// serveHTTP serves until ctx ends, then stops taking requests and lets those in flight finish.
+func serveHTTP(srv *http.Server, ln net.Listener) lifecycle.Task {
+	return func(ctx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- srv.Serve(ln) }()
+		select {
+		case err := <-errc:
 			return fmt.Errorf("http server: %w", err)
+		case <-ctx.Done():
+		}
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			return fmt.Errorf("http server shutdown: %w", err)
 		}
 		return nil
-	})
-	work.Go(func() error {
-		<-workCtx.Done()
-		// Stop taking requests, let those in flight finish.
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(workCtx), 15*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	})
-
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- admin.Run(adminCtx, log) }()
-
-	log.Info("started")
-	<-workCtx.Done()
-	admin.Drain()
-	log.Info("shutting down: finishing work in flight")
-	err = work.Wait()
-	stopAdmin()
-	if aerr := <-adminDone; aerr != nil && err == nil {
-		err = aerr
 	}
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	log.Info("stopped")
-	return nil
 }
 
 // newIdentity wires the identity service to MySQL and the Redis access-key cache.
