@@ -26,6 +26,8 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+
+	rtcsip "voipbin/bin-rtc-manager/internal/sip"
 )
 
 // Kind of behaviour.
@@ -100,16 +102,11 @@ func (s *Server) Active() int { return int(s.active.Load()) }
 
 // New binds addr (UDP and TCP) and builds the simulator.
 func New(addr string, log *slog.Logger) (*Server, error) {
-	udp, err := net.ListenPacket("udp", addr)
+	udp, tcp, err := rtcsip.ListenUDPAndTCP(addr)
 	if err != nil {
 		return nil, err
 	}
 	a := udp.LocalAddr().(*net.UDPAddr)
-	tcp, err := net.Listen("tcp", net.JoinHostPort(a.IP.String(), strconv.Itoa(a.Port)))
-	if err != nil {
-		_ = udp.Close()
-		return nil, err
-	}
 	s := &Server{log: log, udp: udp, tcp: tcp, host: a.IP.String(), port: a.Port}
 	sipLog := log.With("component", "sipgo")
 	s.ua, err = sipgo.NewUA(sipgo.WithUserAgent("voipbin-carrier-sim"),

@@ -72,7 +72,7 @@ type UA struct {
 
 // NewUA binds the listeners (so the address is known before Run) and builds the user agent.
 func NewUA(p Params) (*UA, error) {
-	udp, tcp, err := listen(p.ListenAddress)
+	udp, tcp, err := ListenUDPAndTCP(p.ListenAddress)
 	if err != nil {
 		return nil, err
 	}
@@ -132,8 +132,9 @@ func NewUA(p Params) (*UA, error) {
 	return u, nil
 }
 
-// listen binds UDP and TCP on the same address and port.
-func listen(addr string) (net.PacketConn, net.Listener, error) {
+// ListenUDPAndTCP binds UDP and TCP on the same address and port; with port 0 it retries until
+// the port the kernel picked for UDP is free for TCP too.
+func ListenUDPAndTCP(addr string) (net.PacketConn, net.Listener, error) {
 	var lastErr error
 	for range 10 {
 		udp, err := net.ListenPacket("udp", addr)
