@@ -92,7 +92,10 @@ type Server struct {
 
 	base context.Context
 	stop context.CancelFunc
-	wg   sync.WaitGroup
+	// mu orders wg.Add of a call answered during shutdown against wg.Wait in Run.
+	mu      sync.Mutex
+	closing bool
+	wg      sync.WaitGroup
 	// active counts answered calls not yet hung up.
 	active atomic.Int64
 }
@@ -149,6 +152,9 @@ func (s *Server) Run(ctx context.Context) error {
 	case err = <-errc:
 	}
 	s.stop()
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
 	s.wg.Wait()
 	_ = s.udp.Close()
 	_ = s.tcp.Close()
@@ -223,8 +229,15 @@ func (s *Server) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		_ = rtp.Close()
 		return
 	}
-	log.Info("answered", "hangup_after", b.HangupAfter)
+	s.mu.Lock()
+	if s.closing { // answered as the simulator stops: the call ends with it
+		s.mu.Unlock()
+		_ = rtp.Close()
+		return
+	}
 	s.wg.Add(1)
+	s.mu.Unlock()
+	log.Info("answered", "hangup_after", b.HangupAfter)
 	s.active.Add(1)
 	go func() {
 		defer s.wg.Done()
