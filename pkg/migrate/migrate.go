@@ -13,6 +13,8 @@ import (
 	"log/slog"
 
 	"github.com/pressly/goose/v3"
+
+	"voipbin/pkg/sqldb"
 )
 
 // Up applies every pending migration of service found in fsys (files like 00001_init.sql at its
@@ -54,4 +56,18 @@ func (l advisoryLock) SessionLock(ctx context.Context, conn *sql.Conn) error {
 func (l advisoryLock) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
 	_, err := conn.ExecContext(ctx, "SELECT RELEASE_LOCK(?)", string(l))
 	return err
+}
+
+// Open opens the service's MySQL pool (waiting for the server until ctx ends) and applies its
+// pending migrations.
+func Open(ctx context.Context, dsn string, fsys fs.FS, service string, log *slog.Logger) (*sql.DB, error) {
+	db, err := sqldb.Open(ctx, dsn, log)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := Up(ctx, db, fsys, service, log); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return db, nil
 }

@@ -8,15 +8,11 @@ import (
 	"context"
 	"crypto/tls"
 	"database/sql"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,21 +41,8 @@ import (
 
 const service = "api-manager"
 
-func main() {
-	// `<binary> vars` prints the variables config.Load reads, as JSON (deploy/check uses it).
-	if len(os.Args) > 1 && os.Args[1] == "vars" {
-		if err := json.NewEncoder(os.Stdout).Encode(config.Vars()); err != nil {
-			os.Exit(1)
-		}
-		return
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", service, err)
-		os.Exit(1)
-	}
-}
+// main runs the service; `<binary> vars` prints the variables its config reads (deploy/check).
+func main() { lifecycle.Main(service, config.Vars, run) }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
 	cfg, err := config.Load(getenv)
@@ -70,14 +53,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	startCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	db, err := sqldb.Open(startCtx, cfg.DatabaseDSN, log)
+	db, err := migrate.Open(startCtx, cfg.DatabaseDSN, migrations.FS, "customer", log)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if _, err := migrate.Up(startCtx, db, migrations.FS, "customer", log); err != nil {
-		return err
-	}
 	if len(args) > 0 && args[0] == "migrate" {
 		return nil
 	}
