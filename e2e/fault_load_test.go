@@ -28,9 +28,24 @@ import (
 
 // phaseClock names what the fault test is doing now ("warmup", "api down", "api healing", …), so
 // every answer the clients get is attributed to the fault it happened under.
-type phaseClock struct{ v atomic.Value }
+type phaseClock struct {
+	v     atomic.Value
+	mu    sync.Mutex
+	order []string // every phase, in the order they began
+}
 
-func (p *phaseClock) set(name string) { p.v.Store(name) }
+func (p *phaseClock) set(name string) {
+	p.v.Store(name)
+	p.mu.Lock()
+	p.order = append(p.order, name)
+	p.mu.Unlock()
+}
+
+func (p *phaseClock) all() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.order...)
+}
 func (p *phaseClock) get() string {
 	if s, ok := p.v.Load().(string); ok {
 		return s

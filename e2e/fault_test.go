@@ -24,7 +24,7 @@ import (
 
 // faultConfig is the test's settings, from the environment.
 type faultConfig struct {
-	Budget   time.Duration // the whole test, start to verdict (VOIPBIN_FAULT_BUDGET, 10m)
+	Budget   time.Duration // from the stack being up to the verdict (VOIPBIN_FAULT_BUDGET, 10m)
 	Rate     float64       // logical call requests per second (VOIPBIN_FAULT_RATE, 8)
 	Number   string        // the carrier simulator number called (VOIPBIN_FAULT_NUMBER, +1200000003)
 	HoldSecs int           // how long the carrier keeps each call (from the number)
@@ -149,7 +149,6 @@ func TestFault(t *testing.T) {
 	cfg := loadFaultConfig(t)
 	r := &faultRun{t: t, cfg: cfg, begin: time.Now(), phase: &phaseClock{}, deps: map[string]*Daemon{}}
 	r.phase.set("setup")
-	hardStop := r.begin.Add(cfg.Budget)
 
 	dir, err := os.MkdirTemp("", "vbfault")
 	if err != nil {
@@ -183,6 +182,7 @@ func TestFault(t *testing.T) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	r.logf("building the binaries and starting the stack")
 	r.stack = StartStackOn(t, StackOptions{
 		Deps:   Deps{DatabaseDSN: dsn, RabbitURL: amqpURL, RedisAddress: redis.Address},
 		LogDir: logDir,
@@ -196,7 +196,8 @@ func TestFault(t *testing.T) {
 			"BCRYPT_COST":               "4",
 		},
 	})
-	r.logf("stack up: api %s, sip %s, carrier %s", r.stack.API, r.stack.SIPAddress, r.stack.CarrierAddr)
+	r.logf("stack up: api %s, sip %s, carrier %s; the %s budget starts now", r.stack.API, r.stack.SIPAddress, r.stack.CarrierAddr, cfg.Budget)
+	hardStop := time.Now().Add(cfg.Budget)
 
 	// The customer, its webhook and its WebSocket.
 	admin := r.stack.NewClient().Login(r.stack.AdminUser, r.stack.AdminPass)

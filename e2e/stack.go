@@ -208,7 +208,9 @@ func StartStackOn(t testing.TB, o StackOptions) *Stack {
 	}
 	t.Cleanup(func() {
 		s.StopAll()
-		if t.Failed() {
+		if t.Failed() && s.logDir != "" {
+			t.Logf("the services' logs are in %s", s.logDir)
+		} else if t.Failed() {
 			for _, name := range []string{"api-manager", "call-manager", "billing-manager", "rtc-manager", "webhook-manager", "carrier-sim"} {
 				if p := s.procs[name]; p != nil {
 					t.Logf("==== %s log ====\n%s", name, tail(p.log.String(), 60))
