@@ -169,6 +169,21 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		rep.figure("heal %-8s down %s, every /readyz 200 after %s, first call placed after %s", h.Fault+":",
 			h.Down.Round(time.Millisecond), fmtDur(h.Ready), fmtDur(h.Serving))
 	}
+	for _, m := range append(append([]string(nil), managers...), "carrier-sim") {
+		warn, errors, dead := 0, 0, 0
+		for _, l := range r.stack.LogLines(m, `"level":"`) {
+			switch {
+			case strings.Contains(l, `"level":"WARN"`):
+				warn++
+			case strings.Contains(l, `"level":"ERROR"`):
+				errors++
+			}
+			if strings.Contains(l, "dead-letter") {
+				dead++
+			}
+		}
+		rep.figure("log of %-16s %d warnings, %d errors, %d lines about dead-lettering", m+":", warn, errors, dead)
+	}
 	r.exitsMu.Lock()
 	for _, e := range r.exits {
 		rep.figure("unexpected exit: %s", e)
@@ -341,12 +356,16 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		money.add("", "%d still reserved after every call ended", account.Reserved)
 	}
 
-	// ---- 6. a dependency that is down is 503 with Retry-After, never 500 (item 14)
-	errs := &check{Name: "errors: no 500, every 503 with Retry-After"}
+	// ---- 6, 7. a part that is down is 503 with Retry-After, never 500 (item 14)
+	errs := &check{Name: "no 500 answers (a part that is down is 503)"}
+	noRetry := &check{Name: "every 503 carries Retry-After"}
 	for _, q := range reqs {
 		for _, a := range q.Attempts {
-			if a.Status == 500 || (a.Status == 503 && a.RetryAfter == "") {
+			switch {
+			case a.Status == 500:
 				errs.add(a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
+			case a.Status == 503 && a.RetryAfter == "":
+				noRetry.add(a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
 			}
 		}
 	}
@@ -364,7 +383,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 			e.EventID, e.Sequence, e.EventType, e.CallID, e.Timestamp.Sub(r.begin).Seconds())
 	}
 
-	rep.checks = []*check{keys, final, hold, hooks, money, errs, ws}
+	rep.checks = []*check{keys, final, hold, hooks, money, errs, noRetry, ws}
 	return rep
 }
 

@@ -98,18 +98,19 @@ type load struct {
 	requests  []*logical
 	successes []time.Time // start times of attempts that got a 201, in the order they ended
 	wg        sync.WaitGroup
-	inflight  atomic.Int64
+	stopped   chan struct{} // closed when run returns: no wg.Add after it
 }
 
 func newLoad(cfg loadConfig, phase *phaseClock) *load {
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second,
 		DialContext: (&net.Dialer{Timeout: 3 * time.Second}).DialContext}
-	return &load{cfg: cfg, phase: phase, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	return &load{cfg: cfg, phase: phase, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, stopped: make(chan struct{})}
 }
 
 // run starts a logical request every 1/Rate seconds until ctx ends; the requests themselves go
 // on (wait for them with drain).
 func (l *load) run(ctx context.Context) {
+	defer close(l.stopped)
 	every := time.Duration(float64(time.Second) / l.cfg.Rate)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -123,18 +124,17 @@ func (l *load) run(ctx context.Context) {
 			l.requests = append(l.requests, r)
 			l.mu.Unlock()
 			l.wg.Add(1)
-			l.inflight.Add(1)
 			go func() {
 				defer l.wg.Done()
-				defer l.inflight.Add(-1)
 				l.place(r)
 			}()
 		}
 	}
 }
 
-// drain waits until every logical request has its answer, or timeout.
+// drain waits until run has returned and every logical request has its answer, or timeout.
 func (l *load) drain(timeout time.Duration) bool {
+	<-l.stopped
 	done := make(chan struct{})
 	go func() { l.wg.Wait(); close(done) }()
 	select {
@@ -374,6 +374,10 @@ type wsNotice struct {
 	What string
 }
 
+// wsReadTimeout is how long the subscriber waits for a frame or a ping (sent every 10 s) before it
+// counts the socket as dead.
+const wsReadTimeout = 35 * time.Second
+
 // wsSubscriber keeps one subscription to a customer's call events open, reconnecting (and
 // subscribing again) whenever the socket ends, as a well-behaved client does.
 type wsSubscriber struct {
@@ -401,6 +405,11 @@ func (s *wsSubscriber) run(ctx context.Context) {
 		s.down = append(s.down, [2]time.Time{downSince, time.Now()})
 		s.opens++
 		s.mu.Unlock()
+		// The server pings every 10 s: each ping (or frame) proves the socket alive.
+		conn.SetPingHandler(func(data string) error {
+			_ = conn.SetReadDeadline(time.Now().Add(wsReadTimeout))
+			return conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		})
 		stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 		what := s.read(conn)
 		stop()
@@ -461,7 +470,7 @@ func (s *wsSubscriber) connect(ctx context.Context) (*websocket.Conn, error) {
 // read records frames until the socket ends and says how it ended.
 func (s *wsSubscriber) read(conn *websocket.Conn) string {
 	for {
-		_ = conn.SetReadDeadline(time.Now().Add(90 * time.Second))
+		_ = conn.SetReadDeadline(time.Now().Add(wsReadTimeout))
 		_, b, err := conn.ReadMessage()
 		if err != nil {
 			var ce *websocket.CloseError

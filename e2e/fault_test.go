@@ -389,10 +389,21 @@ func (r *faultRun) quiesce(timeout time.Duration) {
 	start := time.Now()
 	deadline := start.Add(timeout)
 	last := time.Time{}
+	var prev settleState
+	sameSince := time.Now()
 	for {
 		st, err := r.settled()
 		if err == nil && st.done() {
 			r.logf("settled after %s: %s", time.Since(start).Round(time.Second), st)
+			return
+		}
+		if st != prev {
+			prev, sameSince = st, time.Now()
+		}
+		// Once every call is over, a state that no longer changes is as settled as it gets (a
+		// reservation nobody releases waits for its expiry, hours away).
+		if err == nil && st.Live == 0 && st.UnsentCall == 0 && time.Since(sameSince) >= 30*time.Second {
+			r.logf("stable for 30 s after %s: %s", time.Since(start).Round(time.Second), st)
 			return
 		}
 		if time.Now().After(deadline) {
