@@ -214,12 +214,21 @@ var errDraining = apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable
 // Call builds and sends the INVITE for d, after p.Start has persisted d, and runs the dialog.
 func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p dialog.Progress) error {
 	var ruri sip.Uri
-	if err := sip.ParseUri(d.RequestURI, &ruri); err != nil || ruri.Host == "" {
+	if err := sip.ParseUri(d.RequestURI, &ruri); err != nil || !validHost(ruri.Host) {
 		return apierr.Invalid("destination.target", "is not a valid SIP URI")
 	}
 	fromUser, err := dialog.FromUser(src)
 	if err != nil {
 		return err
+	}
+	// Encoded here whatever the callers checked (see encode.go).
+	if fromUser, err = sipUser(fromUser); err != nil {
+		return apierr.Invalid("source.target", err.Error())
+	}
+	if ruri.User != "" {
+		if ruri.User, err = sipUser(ruri.User); err != nil {
+			return apierr.Invalid("destination.target", err.Error())
+		}
 	}
 	transport := "UDP"
 	if t, ok := ruri.UriParams.Get("transport"); ok {
@@ -240,7 +249,7 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 	req.SetTransport(transport)
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Host: u.extHost, Port: u.extPort, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranchN(16))
-	from := &sip.FromHeader{DisplayName: src.Name, Address: sip.Uri{Scheme: "sip", User: fromUser, Host: u.extHost}, Params: sip.NewParams()}
+	from := &sip.FromHeader{DisplayName: displayName(src.Name), Address: sip.Uri{Scheme: "sip", User: fromUser, Host: u.extHost}, Params: sip.NewParams()}
 	from.Params.Add("tag", sip.GenerateTagN(16))
 	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: ruri.User, Host: ruri.Host, Port: ruri.Port}, Params: sip.NewParams()}
 	callID := sip.CallIDHeader(sip.GenerateTagN(32))
