@@ -54,8 +54,11 @@ type Dialog struct {
 	State      State  `json:"state"`
 
 	// SIP identity and routing of the dialog.
-	SIPCallID    string   `json:"sip_call_id"`
-	RequestURI   string   `json:"request_uri"`
+	SIPCallID  string `json:"sip_call_id"`
+	RequestURI string `json:"request_uri"`
+	// Trunk says the dialog goes to the configured tel trunk: only such a dialog may answer a
+	// digest challenge with the trunk's credentials.
+	Trunk        bool     `json:"trunk,omitempty"`
 	Transport    string   `json:"transport"`
 	From         string   `json:"from"` // From header value, with our tag
 	To           string   `json:"to"`   // To header value, with the remote tag once answered
