@@ -90,6 +90,7 @@ type loadConfig struct {
 
 // load runs the clients.
 type load struct {
+	abort context.Context // ends every retry at once (the test is over)
 	cfg   loadConfig
 	phase *phaseClock
 	hc    *http.Client
@@ -101,10 +102,10 @@ type load struct {
 	stopped   chan struct{} // closed when run returns: no wg.Add after it
 }
 
-func newLoad(cfg loadConfig, phase *phaseClock) *load {
+func newLoad(abort context.Context, cfg loadConfig, phase *phaseClock) *load {
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second,
 		DialContext: (&net.Dialer{Timeout: 3 * time.Second}).DialContext}
-	return &load{cfg: cfg, phase: phase, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, stopped: make(chan struct{})}
+	return &load{abort: abort, cfg: cfg, phase: phase, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, stopped: make(chan struct{})}
 }
 
 // run starts a logical request every 1/Rate seconds until ctx ends; the requests themselves go
@@ -208,7 +209,12 @@ func (l *load) place(shared *logical) {
 			r.Outcome, r.End = "undecided", time.Now()
 			return
 		}
-		time.Sleep(wait)
+		select {
+		case <-l.abort.Done():
+			r.Outcome, r.End = "undecided", time.Now()
+			return
+		case <-time.After(wait):
+		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
 }
