@@ -31,13 +31,15 @@ import (
 type phaseClock struct {
 	v     atomic.Value
 	mu    sync.Mutex
-	order []string // every phase, in the order they began
+	order []string    // every phase, in the order they began
+	began []time.Time // when each began
 }
 
 func (p *phaseClock) set(name string) {
 	p.v.Store(name)
 	p.mu.Lock()
 	p.order = append(p.order, name)
+	p.began = append(p.began, time.Now())
 	p.mu.Unlock()
 }
 
@@ -45,6 +47,20 @@ func (p *phaseClock) all() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]string(nil), p.order...)
+}
+
+// at is the phase that was going on at t.
+func (p *phaseClock) at(t time.Time) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	name := ""
+	for i, b := range p.began {
+		if b.After(t) {
+			break
+		}
+		name = p.order[i]
+	}
+	return name
 }
 func (p *phaseClock) get() string {
 	if s, ok := p.v.Load().(string); ok {
