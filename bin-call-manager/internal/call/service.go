@@ -119,7 +119,7 @@ func (s *Service) rpcCtx(ctx context.Context) (context.Context, context.CancelFu
 // before anything starts. Every error returned means no call was created, except one wrapping
 // ErrOutcomeUnknown.
 func (s *Service) Create(ctx context.Context, req callapi.CreateRequest) ([]callapi.Call, error) {
-	if err := ValidateCreate(req); err != nil {
+	if err := callapi.ValidateCreate(req); err != nil {
 		return nil, err
 	}
 	if err := validKey(req.IdempotencyKey); err != nil {
