@@ -40,8 +40,9 @@ type outboxEvent struct {
 // check is one invariant and what violates it.
 type check struct {
 	Name       string
-	Violations []string // "<id>: what is wrong"
-	Evidence   []string // ids to look up in the services' logs
+	Violations []string       // "<id>: what is wrong"
+	Evidence   []string       // ids to look up in the services' logs
+	ByPhase    map[string]int // violations by the phase they arose in, when known
 }
 
 func (c *check) add(evidenceID, format string, args ...any) {
@@ -49,6 +50,15 @@ func (c *check) add(evidenceID, format string, args ...any) {
 	if evidenceID != "" {
 		c.Evidence = append(c.Evidence, evidenceID)
 	}
+}
+
+// addIn is add for a violation that arose during phase.
+func (c *check) addIn(phase, evidenceID, format string, args ...any) {
+	if c.ByPhase == nil {
+		c.ByPhase = map[string]int{}
+	}
+	c.ByPhase[phase]++
+	c.add(evidenceID, format, args...)
 }
 
 type faultReport struct {
@@ -199,7 +209,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		ids := callsByKey[q.Key]
 		switch {
 		case len(ids) > 1:
-			keys.add(ids[0], "key %s: %d calls %s (the client was given %v; attempts %s)", q.Key, len(ids), strings.Join(ids, ","), q.CallIDs, attemptTrail(q.Attempts))
+			keys.addIn(firstPhase(q.Attempts), ids[0], "key %s: %d calls %s (the client was given %v; attempts %s)", q.Key, len(ids), strings.Join(ids, ","), q.CallIDs, attemptTrail(q.Attempts))
 			for _, id := range ids[1:] {
 				keys.Evidence = append(keys.Evidence, id)
 			}
@@ -261,13 +271,13 @@ func (r *faultRun) check(cc *Client) *faultReport {
 			seen = "never saw it"
 		}
 		carrierCounts[seen]++
-		placed := fmt.Sprintf("placed during %q, due to end during %q", r.phase.at(c.TMCreate),
-			r.phase.at(c.TMCreate.Add(time.Duration(r.cfg.HoldSecs+1)*time.Second)))
+		due := r.phase.at(c.TMCreate.Add(time.Duration(r.cfg.HoldSecs+1) * time.Second))
+		placed := fmt.Sprintf("placed during %q, due to end during %q", r.phase.at(c.TMCreate), due)
 		switch {
 		case c.Duration > r.cfg.HoldSecs+1:
-			hold.add(c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
+			hold.addIn(due, c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
 		case seen == "hung up" && (c.HangupReason != "normal" || c.HangupBy != "remote" || c.Duration < r.cfg.HoldSecs-1):
-			hold.add(c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
+			hold.addIn(due, c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
 		}
 	}
 	rep.figure("carrier's view of the calls: %s", formatCounts(carrierCounts))
@@ -341,7 +351,8 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		want := int64((c.Duration+59)/60) * r.cfg.Rate60
 		expected += want
 		if got := chargeByCall[c.ID]; got != want {
-			money.add(c.ID, "call %s (placed during %q): duration %d s should cost %d, the ledger charged %d", c.ID, r.phase.at(c.TMCreate), c.Duration, want, got)
+			ph := r.phase.at(c.TMCreate)
+			money.addIn(ph, c.ID, "call %s (placed during %q): duration %d s should cost %d, the ledger charged %d", c.ID, ph, c.Duration, want, got)
 		}
 	}
 	for id := range chargeByCall {
@@ -366,9 +377,9 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		for _, a := range q.Attempts {
 			switch {
 			case a.Status == 500:
-				errs.add(a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
+				errs.addIn(a.Phase, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
 			case a.Status == 503 && a.RetryAfter == "":
-				noRetry.add(a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
+				noRetry.addIn(a.Phase, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
 			}
 		}
 	}
@@ -382,8 +393,9 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		if inIntervals(e.Timestamp, wsDown) || noticeWithin(wsNotices, e.Timestamp, 30*time.Second) {
 			continue
 		}
-		ws.add(e.CallID, "event %s (%d:%s of call %s at +%.1fs, during %q) never reached the socket, and no close or notice followed",
-			e.EventID, e.Sequence, e.EventType, e.CallID, e.Timestamp.Sub(r.begin).Seconds(), r.phase.at(e.Timestamp))
+		ph := r.phase.at(e.Timestamp)
+		ws.addIn(ph, e.CallID, "event %s (%d:%s of call %s at +%.1fs, during %q) never reached the socket, and no close or notice followed",
+			e.EventID, e.Sequence, e.EventType, e.CallID, e.Timestamp.Sub(r.begin).Seconds(), ph)
 	}
 
 	rep.checks = []*check{keys, final, hold, hooks, money, errs, noRetry, ws}
@@ -409,6 +421,9 @@ func (rep *faultReport) print(r *faultRun) {
 			continue
 		}
 		fmt.Fprintf(&b, "---- %s: %d violations\n", c.Name, len(c.Violations))
+		if len(c.ByPhase) > 0 {
+			fmt.Fprintf(&b, "  by phase: %s\n", formatCounts(c.ByPhase))
+		}
 		for i, v := range c.Violations {
 			if i == 25 {
 				fmt.Fprintf(&b, "  … %d more\n", len(c.Violations)-i)
@@ -643,6 +658,13 @@ func attemptTrail(as []attempt) string {
 		parts = append(parts[:4], append([]string{"…"}, parts[len(parts)-3:]...)...)
 	}
 	return strings.Join(parts, " → ")
+}
+
+func firstPhase(as []attempt) string {
+	if len(as) == 0 {
+		return ""
+	}
+	return as[0].Phase
 }
 
 func firstOr(ids []string) string {
