@@ -79,25 +79,61 @@ func (rep *faultReport) failed() bool {
 	return false
 }
 
-// check gathers what the customer sees (API, webhook, WebSocket, the clients' answers) and what
-// the services committed (the outbox in our MariaDB), and holds them against the invariants.
+// faultData is everything the checks read: what the customer saw (the clients' answers, the API,
+// the webhook, the WebSocket) and what the services committed (read from our own MariaDB) or did
+// (the carrier simulator's log).
+type faultData struct {
+	reqs       []logical
+	calls      []faultCall
+	events     []outboxEvent
+	unsent     int
+	ledger     []billingapi.Billing
+	account    billingapi.Account
+	deliveries []delivery
+	wsEvents   []wsEvent
+	wsNotices  []wsNotice
+	wsDown     [][2]time.Time
+	wsOpens    int
+	sipIDs     map[string]string // call id → SIP Call-ID
+	carrier    map[string]string // SIP Call-ID → how the carrier's side ended
+}
+
+// check gathers the data, holds it against the invariants and adds the figures of the logs.
 func (r *faultRun) check(cc *Client) *faultReport {
-	rep := &faultReport{}
-	reqs := r.load.snapshot()
-	calls, err := r.listCalls(cc)
-	if err != nil {
+	d := r.gather(cc)
+	rep := r.evaluate(d)
+	r.logFigures(rep)
+	return rep
+}
+
+func (r *faultRun) gather(cc *Client) faultData {
+	var d faultData
+	var err error
+	d.reqs = r.load.snapshot()
+	if d.calls, err = r.listCalls(cc); err != nil {
 		r.t.Fatalf("list calls: %v", err)
 	}
-	events, unsent, err := r.outboxEvents()
-	if err != nil {
+	if d.events, d.unsent, err = r.outboxEvents(); err != nil {
 		r.t.Fatalf("read call_outbox: %v", err)
 	}
-	ledger, account, err := r.ledger(cc)
-	if err != nil {
+	if d.ledger, d.account, err = r.ledger(cc); err != nil {
 		r.t.Fatalf("read the ledger: %v", err)
 	}
-	deliveries := r.hook.snapshot()
-	wsEvents, wsNotices, wsDown, wsOpens := r.ws.snapshot()
+	if d.sipIDs, err = r.sipCallIDs(); err != nil {
+		r.t.Fatalf("read call_calls: %v", err)
+	}
+	d.carrier = r.carrierOutcomes()
+	d.deliveries = r.hook.snapshot()
+	d.wsEvents, d.wsNotices, d.wsDown, d.wsOpens = r.ws.snapshot()
+	return d
+}
+
+// evaluate holds the data against the invariants; it reads nothing else but the run's settings,
+// phases and heal times.
+func (r *faultRun) evaluate(d faultData) *faultReport {
+	rep := &faultReport{}
+	reqs, calls, events, unsent, ledger, account := d.reqs, d.calls, d.events, d.unsent, d.ledger, d.account
+	deliveries, wsEvents, wsNotices, wsDown, wsOpens := d.deliveries, d.wsEvents, d.wsNotices, d.wsDown, d.wsOpens
 
 	callByID := map[string]faultCall{}
 	callsByKey := map[string][]string{}
@@ -180,21 +216,6 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		rep.figure("heal %-8s down %s, every /readyz 200 after %s, first call placed after %s", h.Fault+":",
 			h.Down.Round(time.Millisecond), fmtDur(h.Ready), fmtDur(h.Serving))
 	}
-	for _, m := range append(append([]string(nil), managers...), "carrier-sim") {
-		warn, errors, dead := 0, 0, 0
-		for _, l := range r.stack.LogLines(m, `"level":"`) {
-			switch {
-			case strings.Contains(l, `"level":"WARN"`):
-				warn++
-			case strings.Contains(l, `"level":"ERROR"`):
-				errors++
-			}
-			if strings.Contains(l, "dead-letter") {
-				dead++
-			}
-		}
-		rep.figure("log of %-16s %d warnings, %d errors, %d lines about dead-lettering", m+":", warn, errors, dead)
-	}
 	r.exitsMu.Lock()
 	for _, e := range r.exits {
 		rep.figure("unexpected exit: %s", e)
@@ -259,11 +280,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 	// ---- 3. the call records what the carrier did (items 12, 13): never longer than the carrier
 	// kept it, and a call whose BYE the platform acknowledged ended normal, remote, after the hold.
 	hold := &check{Name: fmt.Sprintf("calls record what the carrier did (≤ %d s +1; its acknowledged BYE → normal/remote/%d±1 s)", r.cfg.HoldSecs, r.cfg.HoldSecs)}
-	sipIDs, err := r.sipCallIDs()
-	if err != nil {
-		r.t.Fatalf("read call_calls: %v", err)
-	}
-	carrier := r.carrierOutcomes()
+	sipIDs, carrier := d.sipIDs, d.carrier
 	carrierCounts := map[string]int{}
 	for _, c := range calls {
 		seen := carrier[sipIDs[c.ID]]
@@ -400,6 +417,25 @@ func (r *faultRun) check(cc *Client) *faultReport {
 
 	rep.checks = []*check{keys, final, hold, hooks, money, errs, noRetry, ws}
 	return rep
+}
+
+// logFigures counts, per service, the warnings, errors and dead-lettering lines of its log.
+func (r *faultRun) logFigures(rep *faultReport) {
+	for _, m := range append(append([]string(nil), managers...), "carrier-sim") {
+		warn, errors, dead := 0, 0, 0
+		for _, l := range r.stack.LogLines(m, `"level":"`) {
+			switch {
+			case strings.Contains(l, `"level":"WARN"`):
+				warn++
+			case strings.Contains(l, `"level":"ERROR"`):
+				errors++
+			}
+			if strings.Contains(l, "dead-letter") {
+				dead++
+			}
+		}
+		rep.figure("log of %-16s %d warnings, %d errors, %d lines about dead-lettering", m+":", warn, errors, dead)
+	}
 }
 
 func (rep *faultReport) print(r *faultRun) {
