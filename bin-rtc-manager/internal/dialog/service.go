@@ -34,9 +34,12 @@ type Phone interface {
 	// Call fills d's SIP fields, has p.Start persist it, sends the INVITE, and then runs the
 	// dialog in the background, reporting its progress to p.
 	Call(ctx context.Context, d *Dialog, src callapi.Address, p Progress) error
-	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after) and waits until
-	// it has ended; false if it runs no such dialog.
-	Hangup(ctx context.Context, callID string) (bool, error)
+	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after), reporting
+	// reason in its end, and waits until it has ended; false if it runs no such dialog.
+	Hangup(ctx context.Context, callID, reason string) (bool, error)
+	// Extend raises the quota of a dialog this process runs to quota seconds from its answer (a
+	// lower one changes nothing); false if it runs no such dialog.
+	Extend(callID string, quota int) bool
 	// EndStateless ends a dialog from its stored state alone (its node died) and returns the SIP
 	// code to record.
 	EndStateless(ctx context.Context, d Dialog) (int, error)
@@ -44,7 +47,7 @@ type Phone interface {
 
 // Forwarder reaches the node that owns a dialog.
 type Forwarder interface {
-	Hangup(ctx context.Context, nodeID, callID string) error
+	HangupReason(ctx context.Context, nodeID, callID, reason string) error
 }
 
 // Progress receives what happens to a dialog.
@@ -111,6 +114,7 @@ func (s *Service) Dial(ctx context.Context, req rtcapi.DialRequest) (rtcapi.Dial
 	if req.MaxDuration > 0 {
 		d.MaxDuration = time.Duration(req.MaxDuration) * time.Second
 	}
+	d.Quota = req.Quota
 	err = s.phone.Call(ctx, d, req.Source, s)
 	switch {
 	case errors.Is(err, ErrExists):
@@ -179,12 +183,32 @@ func (s *Service) record(ctx context.Context, callID string, fn func(d *Dialog) 
 	}
 }
 
+// Extend raises the quota of a dialog this node runs (the call manager sends it to the owner's
+// queue): the call may then last quota seconds from its answer. A dialog this node no longer runs
+// (it ended) is DIALOG_NOT_FOUND.
+func (s *Service) Extend(ctx context.Context, callID string, quota int) error {
+	ctx = telemetry.WithCallID(ctx, callID)
+	if quota <= 0 || quota > MaxQuota {
+		return apierr.Invalid("quota", "must be 1 to 604800 seconds")
+	}
+	if !s.phone.Extend(callID, quota) {
+		return apierr.Newf(apierr.NotFound, rtcapi.ErrReasonDialogNotFound, "no live dialog for call %s on this node", callID)
+	}
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.Quota = max(d.Quota, quota); return nil, nil })
+	s.log.DebugContext(ctx, "quota extended", "quota", quota)
+	return nil
+}
+
 // Hangup ends a dialog: the one this node runs, the owner's through its queue, or, when the owner
 // is gone (its queue vanished with it), from the stored state. viaNodeQueue says the request came
-// on this node's own queue, which is never forwarded again.
-func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) error {
+// on this node's own queue, which is never forwarded again. reason (empty or balance_exhausted) is
+// reported in the dialog's end.
+func (s *Service) Hangup(ctx context.Context, callID, reason string, viaNodeQueue bool) error {
 	ctx = telemetry.WithCallID(ctx, callID)
-	found, err := s.phone.Hangup(ctx, callID)
+	if err := ValidateHangupReason(reason); err != nil {
+		return err
+	}
+	found, err := s.phone.Hangup(ctx, callID, reason)
 	if found {
 		return err
 	}
@@ -197,23 +221,23 @@ func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) 
 	}
 	ctx = telemetry.WithCustomerID(ctx, d.CustomerID)
 	if d.NodeID != s.nodeID && !viaNodeQueue && s.forward != nil {
-		err := s.forward.Hangup(ctx, d.NodeID, callID)
+		err := s.forward.HangupReason(ctx, d.NodeID, callID, reason)
 		if !apierr.HasReason(err, apierr.ReasonServiceUnavailable) {
 			return err
 		}
 		s.log.WarnContext(ctx, "owner node is gone; ending its dialog from the stored state", "owner", d.NodeID)
 	}
-	return s.takeOver(ctx, d)
+	return s.takeOver(ctx, d, reason)
 }
 
 // takeOver ends a dialog no process runs any more.
-func (s *Service) takeOver(ctx context.Context, d *Dialog) error {
+func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error {
 	code, err := s.phone.EndStateless(ctx, *d)
 	if err != nil {
 		s.log.WarnContext(ctx, "ending an orphaned dialog over SIP failed; recording it ended", "error", err)
 	}
 	_, err = s.store.Update(ctx, d.CallID, func(cur *Dialog) ([]Emitted, error) {
-		return cur.Ended(s.now(), End{SIPCode: code, By: callapi.HangupByLocal}), nil
+		return cur.Ended(s.now(), End{SIPCode: code, By: callapi.HangupByLocal, Reason: reason}), nil
 	})
 	if err != nil {
 		return fmt.Errorf("record end of %s: %w", d.CallID, err)
@@ -262,7 +286,7 @@ func (s *Service) Reap(ctx context.Context, running func(callID string) bool) (i
 			continue
 		}
 		cctx := telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
-		if err := s.takeOver(cctx, d); err != nil {
+		if err := s.takeOver(cctx, d, ""); err != nil {
 			return n, err
 		}
 		n++
