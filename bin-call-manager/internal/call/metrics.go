@@ -14,6 +14,7 @@ type Metrics struct {
 	transitions *prometheus.CounterVec
 	rtcEvents   *prometheus.CounterVec
 	reaped      *prometheus.CounterVec
+	renewals    *prometheus.CounterVec
 }
 
 // NewMetrics makes the call metrics and registers them on reg (nil: not registered).
@@ -30,9 +31,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			[]string{"type", "outcome"}),
 		reaped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_reaped_total",
 			Help: "Calls the reaper ended, by why: deadline, orphan (never dialled), node_gone."}, []string{"why"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_quota_renewals_total",
+			Help: "Quota renewal attempts by result: granted, refused (no balance), unavailable (billing not reached), " +
+				"rtc_unavailable, exhausted (the call outlived its quota and was ended), ended."}, []string{"result"}),
+	}
+	for _, r := range []string{"granted", "refused", "unavailable", "rtc_unavailable", "exhausted", "ended"} {
+		m.renewals.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped)
+		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped, m.renewals)
 	}
 	return m
 }
@@ -56,3 +63,5 @@ func (m *Metrics) rtcEvent(typ, outcome string) {
 	}
 	m.rtcEvents.WithLabelValues(typ, outcome).Inc()
 }
+
+func (m *Metrics) renewal(result string) { m.renewals.WithLabelValues(result).Inc() }

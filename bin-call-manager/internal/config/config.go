@@ -37,6 +37,12 @@ type Call struct {
 	RPCTimeout time.Duration
 	// CacheTTL is how long a call:<id> entry lives in Redis after its last write.
 	CacheTTL time.Duration
+	// QuotaLead is how long before an answered call's quota (talk time granted by billing) runs
+	// out the next slice is asked for; at most half a slice is used, whatever this says.
+	QuotaLead time.Duration
+	// QuotaInterval is how often the renewer looks for due renewals, and how soon a failed or
+	// refused one is tried again.
+	QuotaInterval time.Duration
 }
 
 // Load reads and validates the configuration, reporting every problem in one error.
@@ -70,6 +76,8 @@ func load(r *envconf.Reader) Config {
 			ProbeInterval:  r.Duration("CALL_PROBE_INTERVAL", 30*time.Second),
 			RPCTimeout:     r.Duration("CALL_RPC_TIMEOUT", 5*time.Second),
 			CacheTTL:       r.Duration("CALL_CACHE_TTL", time.Hour),
+			QuotaLead:      r.Duration("CALL_QUOTA_LEAD", 10*time.Second),
+			QuotaInterval:  r.Duration("CALL_QUOTA_INTERVAL", time.Second),
 		},
 	}
 	wholeSeconds := func(name string, d, lo, hi time.Duration) {
@@ -84,6 +92,12 @@ func load(r *envconf.Reader) Config {
 	wholeSeconds("CALL_MAX_DURATION", c.Call.MaxDuration, time.Second, 24*time.Hour)
 	if c.Call.RPCTimeout > time.Minute {
 		r.Fail("CALL_RPC_TIMEOUT", "%s is longer than 1m", c.Call.RPCTimeout)
+	}
+	if c.Call.QuotaLead > time.Hour {
+		r.Fail("CALL_QUOTA_LEAD", "%s is longer than 1h", c.Call.QuotaLead)
+	}
+	if c.Call.QuotaInterval > c.Call.QuotaLead && c.Call.QuotaLead > 0 {
+		r.Fail("CALL_QUOTA_INTERVAL", "%s is longer than CALL_QUOTA_LEAD (%s): renewals would come too late", c.Call.QuotaInterval, c.Call.QuotaLead)
 	}
 	if c.Call.ReaperInterval > c.Call.ProbeInterval {
 		r.Fail("CALL_REAPER_INTERVAL", "%s is longer than CALL_PROBE_INTERVAL (%s): probes would run late", c.Call.ReaperInterval, c.Call.ProbeInterval)
