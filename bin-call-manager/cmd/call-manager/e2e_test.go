@@ -312,6 +312,9 @@ func TestInvalidRequestsAreRefusedBeforeAnything(t *testing.T) {
 		{"bad sip", callapi.CreateRequest{CustomerID: h.customerA, Source: tel("+15550000001"),
 			Destinations: []callapi.Address{{Type: "sip", Target: "bob"}}}, apierr.ReasonInvalidArgument, "destinations[0].target"},
 		{"no destinations", callapi.CreateRequest{CustomerID: h.customerA, Source: tel("+15550000001")}, apierr.ReasonInvalidArgument, "destinations"},
+		{"source name with CR LF", callapi.CreateRequest{CustomerID: h.customerA,
+			Source:       callapi.Address{Type: "tel", Target: "+15550000001", Name: "x\"\r\nP-Asserted-Identity: <sip:boss@evil>"},
+			Destinations: []callapi.Address{tel("+15550000002")}}, apierr.ReasonInvalidArgument, "source.name"},
 		{"no customer", callapi.CreateRequest{Source: tel("+15550000001"), Destinations: []callapi.Address{tel("+15550000002")}},
 			apierr.ReasonInvalidArgument, "customer_id"},
 	}

@@ -107,7 +107,7 @@ func (s *Service) Dial(ctx context.Context, req rtcapi.DialRequest) (rtcapi.Dial
 	}
 	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, req.CustomerID), req.CallID)
 	d := &Dialog{CallID: req.CallID, CustomerID: req.CustomerID, NodeID: s.nodeID, State: StateCalling,
-		RequestURI: target, DialTimeout: s.dialTimeout, MaxDuration: s.maxDuration, TMCreate: s.now().UTC()}
+		RequestURI: target, Trunk: req.Destination.Type == callapi.AddressTel, DialTimeout: s.dialTimeout, MaxDuration: s.maxDuration, TMCreate: s.now().UTC()}
 	if req.DialTimeout > 0 {
 		d.DialTimeout = time.Duration(req.DialTimeout) * time.Second
 	}

@@ -255,8 +255,16 @@ func TestDial(t *testing.T) {
 		t.Fatalf("Dial() = %+v, %v", got, err)
 	}
 	d, _ := store.Get(context.Background(), "c1")
-	if d.RequestURI != "sip:+15550001111@127.0.0.1:5080" || d.DialTimeout != 5*time.Second || d.MaxDuration != time.Hour || d.State != StateCalling {
+	if d.RequestURI != "sip:+15550001111@127.0.0.1:5080" || !d.Trunk || d.DialTimeout != 5*time.Second || d.MaxDuration != time.Hour || d.State != StateCalling {
 		t.Errorf("stored dialog = %+v", d)
+	}
+	// A sip destination is not the trunk: its dialog may not use the trunk's credentials.
+	if _, err := svc.Dial(context.Background(), rtcapi.DialRequest{CallID: "c3", CustomerID: "cust",
+		Destination: callapi.Address{Type: "sip", Target: "bob@example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := store.Get(context.Background(), "c3"); d.Trunk || d.RequestURI != "sip:bob@example.com" {
+		t.Errorf("stored sip dialog = %+v, want Trunk false", d)
 	}
 	// The same dial again (a redelivery) answers the same.
 	if again, err := svc.Dial(context.Background(), req); err != nil || again != got {

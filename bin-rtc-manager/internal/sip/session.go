@@ -24,6 +24,7 @@ type session struct {
 	ua          *UA
 	ctx         context.Context // carries customer and call ids; ends at UA Close
 	callID      string
+	trunk       bool // the dialog goes to the tel trunk: its credentials may answer challenges
 	sess        *sipgo.DialogClientSession
 	rtp         net.PacketConn
 	p           dialog.Progress
@@ -97,15 +98,20 @@ func (s *session) dial() (*dialog.End, time.Time) {
 		}
 	}()
 
-	err := s.sess.WaitAnswer(dctx, sipgo.AnswerOptions{
-		Username: s.ua.p.Username, Password: s.ua.p.Password,
+	opts := sipgo.AnswerOptions{
 		OnResponse: func(res *sip.Response) error {
 			if res.StatusCode == 180 || res.StatusCode == 183 {
 				s.p.Ringing(s.ctx, s.callID, res.StatusCode)
 			}
 			return nil
 		},
-	})
+	}
+	// The trunk's credentials answer only the trunk: any other server that challenges would get
+	// a digest over its own nonce, crackable offline. Without them a 401/407 ends the dial.
+	if s.trunk {
+		opts.Username, opts.Password = s.ua.p.Username, s.ua.p.Password
+	}
+	err := s.sess.WaitAnswer(dctx, opts)
 	res := s.sess.InviteResponse
 	if err == nil || (res != nil && res.IsSuccess()) {
 		// Answered, possibly just as we cancelled: ACK it, then hang up if that was asked.
