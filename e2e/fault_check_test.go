@@ -159,7 +159,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 	var charged int64
 	charges := 0
 	for _, e := range ledger {
-		if e.Kind == "call" {
+		if e.CallID != "" {
 			charged -= e.Amount
 			charges++
 		}
@@ -260,11 +260,12 @@ func (r *faultRun) check(cc *Client) *faultReport {
 			seen = "never saw it"
 		}
 		carrierCounts[seen]++
+		placed := r.phase.at(c.TMCreate)
 		switch {
 		case c.Duration > r.cfg.HoldSecs+1:
-			hold.add(c.ID, "call %s: duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
+			hold.add(c.ID, "call %s (placed during %q): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
 		case seen == "hung up" && (c.HangupReason != "normal" || c.HangupBy != "remote" || c.Duration < r.cfg.HoldSecs-1):
-			hold.add(c.ID, "call %s: the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
+			hold.add(c.ID, "call %s (placed during %q): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
 		}
 	}
 	rep.figure("carrier's view of the calls: %s", formatCounts(carrierCounts))
@@ -327,9 +328,9 @@ func (r *faultRun) check(cc *Client) *faultReport {
 	chargeByCall := map[string]int64{}
 	for _, e := range ledger {
 		ledgerSum += e.Amount
-		if e.Kind == "call" {
+		if e.CallID != "" { // whatever its kind: a call's money is every entry that names it
 			chargeByCall[e.CallID] += -e.Amount
-			if e.RatePerMinute != r.cfg.Rate60 {
+			if e.RatePerMinute != 0 && e.RatePerMinute != r.cfg.Rate60 {
 				money.add(e.CallID, "call %s charged at %d a minute, the rate is %d", e.CallID, e.RatePerMinute, r.cfg.Rate60)
 			}
 		}
@@ -338,7 +339,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		want := int64((c.Duration+59)/60) * r.cfg.Rate60
 		expected += want
 		if got := chargeByCall[c.ID]; got != want {
-			money.add(c.ID, "call %s: duration %d s should cost %d, the ledger charged %d", c.ID, c.Duration, want, got)
+			money.add(c.ID, "call %s (placed during %q): duration %d s should cost %d, the ledger charged %d", c.ID, r.phase.at(c.TMCreate), c.Duration, want, got)
 		}
 	}
 	for id := range chargeByCall {
@@ -462,7 +463,7 @@ func (r *faultRun) listCalls(cc *Client) ([]faultCall, error) {
 		if token != "" {
 			path += "&page_token=" + url.QueryEscape(token)
 		}
-		resp := cc.Do("GET", path, nil)
+		resp := getRetrying(cc, path)
 		if resp.Status != 200 {
 			return nil, fmt.Errorf("GET %s = %d: %.300s", path, resp.Status, resp.Body)
 		}
@@ -484,7 +485,7 @@ func (r *faultRun) listCalls(cc *Client) ([]faultCall, error) {
 
 func (r *faultRun) ledger(cc *Client) ([]billingapi.Billing, billingapi.Account, error) {
 	var accounts billingapi.AccountList
-	resp := cc.Do("GET", "/v1.0/billing_accounts", nil)
+	resp := getRetrying(cc, "/v1.0/billing_accounts")
 	if resp.Status != 200 {
 		return nil, billingapi.Account{}, fmt.Errorf("GET /v1.0/billing_accounts = %d: %.300s", resp.Status, resp.Body)
 	}
@@ -498,7 +499,7 @@ func (r *faultRun) ledger(cc *Client) ([]billingapi.Billing, billingapi.Account,
 		if token != "" {
 			path += "&page_token=" + url.QueryEscape(token)
 		}
-		resp := cc.Do("GET", path, nil)
+		resp := getRetrying(cc, path)
 		if resp.Status != 200 {
 			return nil, billingapi.Account{}, fmt.Errorf("GET %s = %d: %.300s", path, resp.Status, resp.Body)
 		}
@@ -513,6 +514,19 @@ func (r *faultRun) ledger(cc *Client) ([]billingapi.Billing, billingapi.Account,
 		token = page.NextPageToken
 	}
 	return nil, billingapi.Account{}, fmt.Errorf("more than 10000 pages of billings")
+}
+
+// getRetrying GETs path until it is answered 200, for at most 30 s: the checks read a platform
+// that has just been through every fault.
+func getRetrying(cc *Client, path string) Response {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp := cc.Do("GET", path, nil)
+		if resp.Status == 200 || time.Now().After(deadline) {
+			return resp
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }
 
 // sipCallIDs maps each call to its SIP Call-ID (call_calls.sip_call_id in our MariaDB).

@@ -31,13 +31,15 @@ import (
 type phaseClock struct {
 	v     atomic.Value
 	mu    sync.Mutex
-	order []string // every phase, in the order they began
+	order []string    // every phase, in the order they began
+	began []time.Time // when each began
 }
 
 func (p *phaseClock) set(name string) {
 	p.v.Store(name)
 	p.mu.Lock()
 	p.order = append(p.order, name)
+	p.began = append(p.began, time.Now())
 	p.mu.Unlock()
 }
 
@@ -45,6 +47,20 @@ func (p *phaseClock) all() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]string(nil), p.order...)
+}
+
+// at is the phase that was going on at t.
+func (p *phaseClock) at(t time.Time) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	name := ""
+	for i, b := range p.began {
+		if b.After(t) {
+			break
+		}
+		name = p.order[i]
+	}
+	return name
 }
 func (p *phaseClock) get() string {
 	if s, ok := p.v.Load().(string); ok {
@@ -90,6 +106,7 @@ type loadConfig struct {
 
 // load runs the clients.
 type load struct {
+	abort context.Context // ends every retry at once (the test is over)
 	cfg   loadConfig
 	phase *phaseClock
 	hc    *http.Client
@@ -101,10 +118,10 @@ type load struct {
 	stopped   chan struct{} // closed when run returns: no wg.Add after it
 }
 
-func newLoad(cfg loadConfig, phase *phaseClock) *load {
+func newLoad(abort context.Context, cfg loadConfig, phase *phaseClock) *load {
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 30 * time.Second,
 		DialContext: (&net.Dialer{Timeout: 3 * time.Second}).DialContext}
-	return &load{cfg: cfg, phase: phase, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, stopped: make(chan struct{})}
+	return &load{abort: abort, cfg: cfg, phase: phase, hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}, stopped: make(chan struct{})}
 }
 
 // run starts a logical request every 1/Rate seconds until ctx ends; the requests themselves go
@@ -208,7 +225,12 @@ func (l *load) place(shared *logical) {
 			r.Outcome, r.End = "undecided", time.Now()
 			return
 		}
-		time.Sleep(wait)
+		select {
+		case <-l.abort.Done():
+			r.Outcome, r.End = "undecided", time.Now()
+			return
+		case <-time.After(wait):
+		}
 		backoff = min(backoff*2, 2*time.Second)
 	}
 }

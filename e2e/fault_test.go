@@ -5,10 +5,12 @@ import (
 	"database/sql"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,20 +122,23 @@ type heal struct {
 
 // faultRun is the state of one run, shared by its parts.
 type faultRun struct {
-	t       *testing.T
-	cfg     faultConfig
-	begin   time.Time
-	stack   *Stack
-	deps    map[string]*Daemon
-	db      *sql.DB
-	phase   *phaseClock
-	load    *load
-	hook    *hookReceiver
-	ws      *wsSubscriber
-	heals   []heal
-	killing atomic.Value // the manager being killed and restarted by inject, not to be restarted by watchExits
-	exitsMu sync.Mutex
-	exits   []string
+	t        *testing.T
+	cfg      faultConfig
+	begin    time.Time
+	stack    *Stack
+	depsMu   sync.Mutex
+	deps     map[string]*Daemon
+	stackRef atomic.Pointer[Stack] // for the signal handler
+	stopping atomic.Bool           // the signal handler is ending everything
+	db       *sql.DB
+	phase    *phaseClock
+	load     *load
+	hook     *hookReceiver
+	ws       *wsSubscriber
+	heals    []heal
+	killing  atomic.Value // the manager being killed and restarted by inject, not to be restarted by watchExits
+	exitsMu  sync.Mutex
+	exits    []string
 }
 
 func (r *faultRun) logf(format string, args ...any) {
@@ -154,24 +159,54 @@ func TestFault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { // registered first, so it runs after every process is gone
+	removeDir := func() {
 		if cfg.Keep {
 			r.logf("kept %s (VOIPBIN_FAULT_KEEP=1)", dir)
 			return
 		}
 		_ = os.RemoveAll(dir)
-	})
+	}
+	t.Cleanup(removeDir) // registered first, so it runs after every process is gone
+	// Ctrl-C or a kill of go test ends the test process without its cleanups: end what it
+	// started (the children also get SIGKILL when this process dies) and remove the directory.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	t.Cleanup(func() { signal.Stop(sigs) })
+	go func() {
+		sig, ok := <-sigs
+		if !ok {
+			return
+		}
+		r.stopping.Store(true)
+		r.logf("%s: killing everything the test started", sig)
+		if st := r.stackRef.Load(); st != nil {
+			st.KillAll()
+		}
+		for _, d := range r.daemons() {
+			d.Kill()
+		}
+		removeDir()
+		if binDir != "" {
+			_ = os.RemoveAll(binDir)
+		}
+		os.Exit(2)
+	}()
 	r.logf("settings: %.1f calls/s to %s (hangs up after %d s), faults %s, down %s, pause %s, budget %s, dir %s",
 		cfg.Rate, cfg.Number, cfg.HoldSecs, strings.Join(cfg.Faults, ","), cfg.Down, cfg.Pause, cfg.Budget, dir)
 
 	// Dependencies of our own, then the stack on them.
 	maria, dsn := OwnMariaDB(t, dir)
+	r.addDaemon(maria)
 	r.logf("mariadb up on %s", maria.Address)
 	rabbit, amqpURL := OwnRabbitMQ(t, dir)
+	r.addDaemon(rabbit)
 	r.logf("rabbitmq node up on %s", rabbit.Address)
 	redis := OwnRedis(t, dir)
+	r.addDaemon(redis)
 	r.logf("redis up on %s", redis.Address)
+	r.depsMu.Lock()
 	r.deps = map[string]*Daemon{"mariadb": maria, "rabbitmq": rabbit, "redis": redis}
+	r.depsMu.Unlock()
 	r.db, err = sql.Open("mysql", dsn)
 	if err != nil {
 		t.Fatal(err)
@@ -196,6 +231,7 @@ func TestFault(t *testing.T) {
 			"BCRYPT_COST":               "4",
 		},
 	})
+	r.stackRef.Store(r.stack)
 	r.logf("stack up: api %s, sip %s, carrier %s; the %s budget starts now", r.stack.API, r.stack.SIPAddress, r.stack.CarrierAddr, cfg.Budget)
 	hardStop := time.Now().Add(cfg.Budget)
 
@@ -230,7 +266,7 @@ func TestFault(t *testing.T) {
 	go func() { defer bg.Done(); r.watchExits(ctx) }()
 
 	// Load, faults, quiescence.
-	r.load = newLoad(loadConfig{API: r.stack.API, Token: cc.Token, Number: cfg.Number, Rate: cfg.Rate, RetryFor: cfg.RetryFor}, r.phase)
+	r.load = newLoad(ctx, loadConfig{API: r.stack.API, Token: cc.Token, Number: cfg.Number, Rate: cfg.Rate, RetryFor: cfg.RetryFor}, r.phase)
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	bg.Add(1)
 	go func() { defer bg.Done(); r.load.run(loadCtx) }()
@@ -268,6 +304,22 @@ func TestFault(t *testing.T) {
 	}
 }
 
+func (r *faultRun) addDaemon(d *Daemon) {
+	r.depsMu.Lock()
+	defer r.depsMu.Unlock()
+	r.deps[d.Name] = d
+}
+
+func (r *faultRun) daemons() []*Daemon {
+	r.depsMu.Lock()
+	defer r.depsMu.Unlock()
+	out := make([]*Daemon, 0, len(r.deps))
+	for _, d := range r.deps {
+		out = append(out, d)
+	}
+	return out
+}
+
 // watchExits notices managers that exit on their own (not killed by us) and starts them again,
 // as a supervisor would, so one crash does not end the run; each is reported.
 func (r *faultRun) watchExits(ctx context.Context) {
@@ -278,7 +330,7 @@ func (r *faultRun) watchExits(ctx context.Context) {
 		case <-time.After(500 * time.Millisecond):
 		}
 		for _, m := range append([]string{"carrier-sim"}, managers...) {
-			if r.killing.Load() == m || !r.stack.Exited(m) || ctx.Err() != nil {
+			if r.killing.Load() == m || !r.stack.Exited(m) || ctx.Err() != nil || r.stopping.Load() {
 				continue
 			}
 			code := r.stack.ExitCode(m)
@@ -299,7 +351,10 @@ func (r *faultRun) inject(f string) {
 	h := heal{Fault: f, Ready: -1, Serving: -1}
 	r.phase.set(f + " down")
 	killed := time.Now()
-	if d := r.deps[f]; d != nil {
+	r.depsMu.Lock()
+	d := r.deps[f]
+	r.depsMu.Unlock()
+	if d != nil {
 		r.logf("SIGKILL %s (own instance on %s)", f, d.Address)
 		d.Kill()
 		time.Sleep(r.cfg.Down)

@@ -279,6 +279,8 @@ func (s *Stack) startProc(bin, name string) error {
 	p.cmd = exec.Command(filepath.Join(bin, name))
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{}
+	dieWithParent(p.cmd.SysProcAttr)
 	if err := p.cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
 	}
@@ -397,6 +399,15 @@ func (s *Stack) Restart(name string) {
 	s.start(binDir, name)
 	if p := s.proc(name); p.admin != "" {
 		s.waitReady(p)
+	}
+}
+
+// KillAll SIGKILLs every service at once (an interrupted test has no time for more).
+func (s *Stack) KillAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		_ = p.cmd.Process.Kill()
 	}
 }
 
