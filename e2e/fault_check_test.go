@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"os/exec"
 	"sort"
 	"strings"
 	"time"
@@ -123,7 +124,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 			statusByPhase[a.Phase][statusLabel(a)]++
 		}
 	}
-	rep.figure("run: %s; %.1f calls/s to %s for %s", time.Since(r.begin).Round(time.Second), r.cfg.Rate, r.cfg.Number, strings.Join(r.cfg.Faults, ", "))
+	rep.figure("run: %s (commit %s); %.1f calls/s to %s; faults %s", time.Since(r.begin).Round(time.Second), commitOf(), r.cfg.Rate, r.cfg.Number, strings.Join(r.cfg.Faults, ", "))
 	rep.figure("keys (logical requests): %d — created %d, refused %d, undecided %d, pending %d; HTTP attempts %d; time to a 201: median %s, p99 %s, max %s",
 		len(reqs), outcomes["created"], outcomes["refused"], outcomes["undecided"], outcomes["pending"], attempts,
 		quantile(answerTimes, 0.5), quantile(answerTimes, 0.99), quantile(answerTimes, 1))
@@ -260,12 +261,13 @@ func (r *faultRun) check(cc *Client) *faultReport {
 			seen = "never saw it"
 		}
 		carrierCounts[seen]++
-		placed := r.phase.at(c.TMCreate)
+		placed := fmt.Sprintf("placed during %q, due to end during %q", r.phase.at(c.TMCreate),
+			r.phase.at(c.TMCreate.Add(time.Duration(r.cfg.HoldSecs+1)*time.Second)))
 		switch {
 		case c.Duration > r.cfg.HoldSecs+1:
-			hold.add(c.ID, "call %s (placed during %q): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
+			hold.add(c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
 		case seen == "hung up" && (c.HangupReason != "normal" || c.HangupBy != "remote" || c.Duration < r.cfg.HoldSecs-1):
-			hold.add(c.ID, "call %s (placed during %q): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
+			hold.add(c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
 		}
 	}
 	rep.figure("carrier's view of the calls: %s", formatCounts(carrierCounts))
@@ -380,8 +382,8 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		if inIntervals(e.Timestamp, wsDown) || noticeWithin(wsNotices, e.Timestamp, 30*time.Second) {
 			continue
 		}
-		ws.add(e.CallID, "event %s (%d:%s of call %s at +%.1fs) never reached the socket, and no close or notice followed",
-			e.EventID, e.Sequence, e.EventType, e.CallID, e.Timestamp.Sub(r.begin).Seconds())
+		ws.add(e.CallID, "event %s (%d:%s of call %s at +%.1fs, during %q) never reached the socket, and no close or notice followed",
+			e.EventID, e.Sequence, e.EventType, e.CallID, e.Timestamp.Sub(r.begin).Seconds(), r.phase.at(e.Timestamp))
 	}
 
 	rep.checks = []*check{keys, final, hold, hooks, money, errs, noRetry, ws}
@@ -514,6 +516,19 @@ func (r *faultRun) ledger(cc *Client) ([]billingapi.Billing, billingapi.Account,
 		token = page.NextPageToken
 	}
 	return nil, billingapi.Account{}, fmt.Errorf("more than 10000 pages of billings")
+}
+
+// commitOf names the code under test: the repository's HEAD, "+dirty" with local changes.
+func commitOf() string {
+	out, err := exec.Command("git", "-C", repoRoot(), "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	commit := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", repoRoot(), "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+		commit += "+dirty"
+	}
+	return commit
 }
 
 // getRetrying GETs path until it is answered 200, for at most 30 s: the checks read a platform

@@ -126,11 +126,12 @@ func serve(ctx context.Context, w wiring) error {
 	calls := cache.New(w.rdb, w.log, cache.Options{TTL: w.cfg.CacheTTL, Registerer: w.reg})
 	billing, rtc := billingapi.NewClient(w.caller), rtcapi.NewClient(w.caller)
 	svc := call.NewService(call.Deps{
-		Store: store, Due: store, Cache: calls,
+		Store: store, Requests: store, Due: store, Cache: calls,
 		Gate: billing, RTC: rtc, Credit: billing, Enforcer: rtc, Renewals: store,
 		Relay: relay, Log: w.log, Metrics: call.NewMetrics(w.reg), Now: w.now,
 		Settings: call.Settings{DialTimeout: w.cfg.DialTimeout, MaxDuration: w.cfg.MaxDuration,
 			ReaperGrace: w.cfg.ReaperGrace, ProbeInterval: w.cfg.ProbeInterval, RPCTimeout: w.cfg.RPCTimeout,
+			CreateBudget: w.cfg.CreateBudget, GateBudget: w.cfg.GateBudget, DialBudget: w.cfg.DialBudget,
 			QuotaLead: w.cfg.QuotaLead, QuotaInterval: w.cfg.QuotaInterval},
 	})
 	srv := rpc.NewServer(w.conn, w.queue, w.log, rpc.ServerOptions{Registerer: w.reg})

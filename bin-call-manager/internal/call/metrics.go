@@ -15,6 +15,7 @@ type Metrics struct {
 	rtcEvents   *prometheus.CounterVec
 	reaped      *prometheus.CounterVec
 	renewals    *prometheus.CounterVec
+	keyed       *prometheus.CounterVec
 }
 
 // NewMetrics makes the call metrics and registers them on reg (nil: not registered).
@@ -34,12 +35,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_quota_renewals_total",
 			Help: "Quota renewal attempts by result: granted, refused (no balance), unavailable (billing not reached), " +
 				"rtc_unavailable, exhausted (the call outlived its quota and was ended), ended."}, []string{"result"}),
+		keyed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_create_keyed_total",
+			Help: "Create requests with an idempotency key, by outcome: created, replayed (the calls of the first, nothing dialled), in_use, reused, taken_over (of an attempt that did not finish), failed."},
+			[]string{"outcome"}),
 	}
 	for _, r := range []string{"granted", "refused", "unavailable", "rtc_unavailable", "exhausted", "ended"} {
 		m.renewals.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped, m.renewals)
+		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped, m.renewals, m.keyed)
 	}
 	return m
 }
