@@ -157,7 +157,7 @@ func TestRenewer(t *testing.T) {
 			billing: []error{unreachable}, passes: []pass{{at: 50 * time.Second}, {at: 59500 * time.Millisecond}, {at: 61 * time.Second}},
 			wantAsked: []int{60, 60}, wantHangups: 1, wantQuota: 60, wantRenew: -1},
 		{name: "the node missed the new quota: retried, billing answers the same grant", billing: []error{nil},
-			passes: []pass{{at: 50 * time.Second, extendErr: unreachable}, {at: 51 * time.Second}},
+			passes:    []pass{{at: 50 * time.Second, extendErr: unreachable}, {at: 51 * time.Second}},
 			wantAsked: []int{60, 60}, wantExtended: []int{120}, wantQuota: 120, wantRenew: 110 * time.Second},
 		{name: "the call ended at billing: no more renewals", billing: []error{released}, passes: []pass{{at: 50 * time.Second}},
 			wantAsked: []int{60}, wantQuota: 60, wantRenew: -1},
