@@ -300,11 +300,15 @@ func (r *faultRun) evaluate(d faultData) *faultReport {
 		carrierCounts[seen]++
 		due := r.phase.at(c.TMCreate.Add(time.Duration(r.cfg.HoldSecs+1) * time.Second))
 		placed := fmt.Sprintf("placed during %q, due to end during %q", r.phase.at(c.TMCreate), due)
+		n := len(hold.Violations)
 		switch {
 		case c.Duration > r.cfg.HoldSecs+1:
-			hold.addIn(due, c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
+			hold.addIn(due, c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier, Call-ID %s: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, sipIDs[c.ID], seen)
 		case seen == "hung up" && (c.HangupReason != "normal" || c.HangupBy != "remote" || c.Duration < r.cfg.HoldSecs-1):
-			hold.addIn(due, c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
+			hold.addIn(due, c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered (Call-ID %s), the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, sipIDs[c.ID], c.Status, c.HangupReason, c.HangupBy, c.Duration)
+		}
+		if len(hold.Violations) > n && sipIDs[c.ID] != "" {
+			hold.Evidence = append(hold.Evidence, sipIDs[c.ID]) // the carrier's and the rtc node's side
 		}
 	}
 	rep.figure("carrier's view of the calls: %s", formatCounts(carrierCounts))
