@@ -61,11 +61,16 @@ type Principals struct {
 	revoked  map[string]time.Time // principal name → when its revocation was seen
 	onRevoke []func()
 
-	errors   *prometheus.CounterVec
-	lookups  *prometheus.CounterVec
-	received prometheus.Counter
-	lastWarn atomic.Int64
+	errors      *prometheus.CounterVec
+	lookups     *prometheus.CounterVec
+	keyLookups  lookupCounters
+	userLookups lookupCounters
+	received    prometheus.Counter
+	lastWarn    atomic.Int64
 }
+
+// lookupCounters are the api_auth_cache_lookups_total series of one kind, resolved once.
+type lookupCounters struct{ memory, redis, miss prometheus.Counter }
 
 type entry struct {
 	v     any // identity.AccessKey or identity.User
@@ -92,11 +97,11 @@ func NewPrincipals(rdb *redis.Client, o PrincipalOptions) *Principals {
 		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "api_auth_revocations_received_total",
 			Help: "Revocations announced on the Redis channel and applied by this instance."}),
 	}
-	for _, k := range []string{"key", "user"} {
-		for _, l := range []string{"memory", "redis", "miss"} {
-			p.lookups.WithLabelValues(k, l)
-		}
+	resolve := func(kind string) lookupCounters {
+		return lookupCounters{memory: p.lookups.WithLabelValues(kind, "memory"), redis: p.lookups.WithLabelValues(kind, "redis"),
+			miss: p.lookups.WithLabelValues(kind, "miss")}
 	}
+	p.keyLookups, p.userLookups = resolve("key"), resolve("user")
 	if o.Registerer != nil {
 		o.Registerer.MustRegister(p.errors, p.lookups, p.received)
 	}
@@ -171,13 +176,13 @@ func (p *Principals) revoke(ctx context.Context, name, redisKey string) {
 
 // get reads the principal name through memory then Redis; decode turns the Redis value into the
 // value and the time it is trusted until.
-func (p *Principals) get(ctx context.Context, kind, name, redisKey string, decode func([]byte) (any, time.Time, bool)) (any, bool) {
+func (p *Principals) get(ctx context.Context, count lookupCounters, name, redisKey string, decode func([]byte) (any, time.Time, bool)) (any, bool) {
 	now := p.now()
 	p.mu.RLock()
 	e, ok := p.mem[name]
 	p.mu.RUnlock()
 	if ok && now.Before(e.until) {
-		p.lookups.WithLabelValues(kind, "memory").Inc()
+		count.memory.Inc()
 		return e.v, true
 	}
 	b, err := p.rdb.Get(ctx, redisKey).Bytes()
@@ -185,15 +190,15 @@ func (p *Principals) get(ctx context.Context, kind, name, redisKey string, decod
 		if !errors.Is(err, redis.Nil) {
 			p.fail(ctx, "get", err)
 		}
-		p.lookups.WithLabelValues(kind, "miss").Inc()
+		count.miss.Inc()
 		return nil, false
 	}
 	v, until, good := decode(b)
 	if !good || !now.Before(until) {
-		p.lookups.WithLabelValues(kind, "miss").Inc()
+		count.miss.Inc()
 		return nil, false
 	}
-	p.lookups.WithLabelValues(kind, "redis").Inc()
+	count.redis.Inc()
 	p.mu.Lock()
 	if !p.recentlyRevokedLocked(name, now) {
 		p.mem[name] = entry{v: v, until: until}
@@ -240,7 +245,7 @@ func (v KeyView) redisKey(hash [32]byte) string {
 
 // Get returns the cached key, or false when it is not cached or Redis cannot answer.
 func (v KeyView) Get(ctx context.Context, hash [32]byte) (identity.AccessKey, bool) {
-	x, ok := v.p.get(ctx, "key", keyName(hash), v.redisKey(hash), func(b []byte) (any, time.Time, bool) {
+	x, ok := v.p.get(ctx, v.p.keyLookups, keyName(hash), v.redisKey(hash), func(b []byte) (any, time.Time, bool) {
 		var k cachedKey
 		if err := json.Unmarshal(b, &k); err != nil {
 			return nil, time.Time{}, false
@@ -285,7 +290,7 @@ func (v UserView) redisKey(id string) string { return v.p.o.Prefix + "user:" + i
 
 // Get returns the cached user, or false when it is not cached or Redis cannot answer.
 func (v UserView) Get(ctx context.Context, id string) (identity.User, bool) {
-	x, ok := v.p.get(ctx, "user", userName(id), v.redisKey(id), func(b []byte) (any, time.Time, bool) {
+	x, ok := v.p.get(ctx, v.p.userLookups, userName(id), v.redisKey(id), func(b []byte) (any, time.Time, bool) {
 		var u cachedUser
 		if err := json.Unmarshal(b, &u); err != nil || u.ID != id {
 			return nil, time.Time{}, false
