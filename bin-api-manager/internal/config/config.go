@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"voipbin/pkg/callapi"
 	"voipbin/pkg/envconf"
 )
 
@@ -57,6 +58,10 @@ type Config struct {
 	WSCredentialCheckInterval time.Duration
 	// BcryptCost is the cost of new password hashes.
 	BcryptCost int
+	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager: at least
+	// callapi.CreateTimeout (the call manager's longest budget plus the time its reply takes), so
+	// the call manager always gives up first.
+	CallCreateTimeout time.Duration
 }
 
 // TLS reports whether the HTTP server serves TLS.
@@ -108,6 +113,7 @@ func load(r *envconf.Reader) Config {
 		AuthCacheTTL:              r.Duration("AUTH_CACHE_TTL", 5*time.Second),
 		WSCredentialCheckInterval: r.Duration("WS_CREDENTIAL_CHECK_INTERVAL", 2*time.Second),
 		BcryptCost:                r.Int("BCRYPT_COST", 10, 4, 16),
+		CallCreateTimeout:         r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Fail("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
@@ -117,6 +123,10 @@ func load(r *envconf.Reader) Config {
 	}
 	if c.WSCredentialCheckInterval < 100*time.Millisecond || c.WSCredentialCheckInterval > 10*time.Second {
 		r.Fail("WS_CREDENTIAL_CHECK_INTERVAL", "must be from 100ms to 10s, got %s", c.WSCredentialCheckInterval)
+	}
+	if c.CallCreateTimeout < callapi.CreateTimeout || c.CallCreateTimeout > time.Minute {
+		r.Fail("CALL_CREATE_TIMEOUT", "%s is outside [%s, 1m]: the api must wait longer than the call manager's whole create budget (callapi.MaxCreateBudget %s + reply margin %s)",
+			c.CallCreateTimeout, callapi.CreateTimeout, callapi.MaxCreateBudget, callapi.CreateReplyMargin)
 	}
 	if c.JWTLifetime < time.Minute {
 		r.Fail("JWT_LIFETIME", "must be at least 1m, got %s", c.JWTLifetime)

@@ -1,5 +1,6 @@
 // Package mysql is the call manager's MySQL adapter: the call_calls table, written together with
-// the call_outbox events of each change in one transaction, and the reaper's claim of due calls.
+// the call_outbox events of each change in one transaction, the reaper's claim of due calls, and
+// the idempotency records of create requests (call_requests).
 package mysql
 
 import (
@@ -105,6 +106,18 @@ func (s *CallStore) Create(ctx context.Context, calls []*call.Call) ([]call.Even
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	evs, err := s.insertAll(ctx, tx, calls)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return evs, nil
+}
+
+// insertAll inserts the calls and their events in the caller's transaction.
+func (s *CallStore) insertAll(ctx context.Context, tx *sql.Tx, calls []*call.Call) ([]call.Event, error) {
 	var evs []call.Event
 	for _, c := range calls {
 		if err := s.insert(ctx, tx, c); err != nil {
@@ -115,9 +128,6 @@ func (s *CallStore) Create(ctx context.Context, calls []*call.Call) ([]call.Even
 			return nil, err
 		}
 		evs = append(evs, written...)
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
 	}
 	return evs, nil
 }
