@@ -28,8 +28,8 @@ import (
 
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/apierr"
-	"voipbin/pkg/outage"
 	"voipbin/pkg/event"
+	"voipbin/pkg/outage"
 	"voipbin/pkg/telemetry"
 )
 
