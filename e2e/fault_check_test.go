@@ -312,6 +312,18 @@ func (r *faultRun) evaluate(d faultData) *faultReport {
 		}
 	}
 	rep.figure("carrier's view of the calls: %s", formatCounts(carrierCounts))
+	cross := map[string]int{}
+	for _, c := range calls {
+		if seen := carrier[sipIDs[c.ID]]; seen != "hung up" {
+			if seen == "" {
+				seen = "never saw it"
+			}
+			cross[fmt.Sprintf("%s → %s/%s dur=%d", seen, c.HangupReason, c.HangupBy, c.Duration)]++
+		}
+	}
+	if len(cross) > 0 {
+		rep.figure("  and what the platform recorded for them: %s", formatCounts(cross))
+	}
 
 	// ---- 4. webhook events complete and in order
 	hooks := &check{Name: "webhook events complete, in order, signed (sequence 1..n, created … ended)"}
