@@ -2,6 +2,7 @@
 package config
 
 import (
+	"net/netip"
 	"strings"
 	"time"
 
@@ -52,6 +53,9 @@ type Config struct {
 	AccessKeyCacheTTL time.Duration
 	// BcryptCost is the cost of new password hashes.
 	BcryptCost int
+	// SIPAllowedNetworks opens, for sip destinations with a literal address, ranges refused by
+	// default (RTC_SIP_ALLOWED_NETWORKS, the rtc manager's setting: set both alike).
+	SIPAllowedNetworks []netip.Prefix
 }
 
 // TLS reports whether the HTTP server serves TLS.
@@ -102,6 +106,8 @@ func load(r *envconf.Reader) Config {
 		},
 		AccessKeyCacheTTL: r.Duration("ACCESSKEY_CACHE_TTL", 5*time.Second),
 		BcryptCost:        r.Int("BCRYPT_COST", 10, 4, 16),
+
+		SIPAllowedNetworks: r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Fail("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")

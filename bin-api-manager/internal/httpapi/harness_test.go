@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"net/netip"
 	"bytes"
 	"context"
 	"database/sql"
@@ -34,6 +35,7 @@ import (
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/billingapi"
 	"voipbin/pkg/callapi"
+	"voipbin/pkg/netpolicy"
 	"voipbin/pkg/migrate"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/telemetry"
@@ -65,6 +67,8 @@ type options struct {
 	// realManagers sends requests to the contract queues themselves, where the test runs real
 	// managers (in a vhost of its own), and starts no stand-ins.
 	realManagers bool
+	// sipAllowed is RTC_SIP_ALLOWED_NETWORKS.
+	sipAllowed []netip.Prefix
 }
 
 // harness is the real router over real MariaDB, Redis and RabbitMQ, with the managers stood in
@@ -249,6 +253,7 @@ func newHarness(t testing.TB, o options) *harness {
 		Limiter: countingLimiter{next: cache.NewLimiter(limiterRedis, prefix+"rl:"), calls: &h.limiterCalls}, RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
 		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour, time.Minute),
 		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: wsStub,
+		SIPDestinations: netpolicy.New(netpolicy.Options{Allowed: o.sipAllowed}),
 	})
 	srv := httptest.NewServer(handler)
 	t.Cleanup(srv.Close)

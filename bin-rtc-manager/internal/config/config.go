@@ -3,6 +3,7 @@ package config
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -41,6 +42,10 @@ type SIP struct {
 	// RTPPortMin and RTPPortMax bound the local RTP ports offered in SDP.
 	RTPPortMin int
 	RTPPortMax int
+	// AllowedNetworks opens, for sip destinations, ranges refused by default (loopback, private,
+	// link-local, …; RTC_SIP_ALLOWED_NETWORKS). The trunk and the node's own listeners stay
+	// refused whatever it says.
+	AllowedNetworks []netip.Prefix
 }
 
 // Load reads and validates the configuration, reporting every problem in one error.
@@ -77,6 +82,7 @@ func load(r *envconf.Reader) Config {
 			MaxDuration:     r.Duration("RTC_MAX_DURATION", time.Hour),
 			RTPPortMin:      r.Int("RTC_RTP_PORT_MIN", 20000, 1024, 65535),
 			RTPPortMax:      r.Int("RTC_RTP_PORT_MAX", 30000, 1024, 65535),
+			AllowedNetworks: r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
 		},
 	}
 	if c.NodeID != "" && !validNodeID(c.NodeID) {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -39,7 +40,9 @@ type Params struct {
 	Username, Password string
 	// RTPPortMin and RTPPortMax bound the local RTP ports.
 	RTPPortMin, RTPPortMax int
-	Log                    *slog.Logger
+	// Policy, when set, decides where sip destinations may be dialled (main always sets it).
+	Policy *AddressPolicy
+	Log    *slog.Logger
 	Registerer             prometheus.Registerer
 }
 
@@ -57,6 +60,7 @@ type UA struct {
 	extHost  string
 	extPort  int
 	listenIP net.IP
+	guard    *destinationGuard // nil: no address policy
 
 	// base outlives RPC requests: dialogs run under it until Close.
 	base     context.Context
@@ -93,6 +97,13 @@ func NewUA(p Params) (*UA, error) {
 	u.extPort, _ = strconv.Atoi(port)
 	if u.extPort == 0 {
 		u.extPort = bound.Port
+	}
+
+	if p.Policy != nil {
+		if u.guard, err = newDestinationGuard(*p.Policy, bound, hostPort{host: host, port: uint16(u.extPort)}); err != nil {
+			u.closeListeners()
+			return nil, err
+		}
 	}
 
 	sipLog := p.Log.With("component", "sipgo")
@@ -241,6 +252,14 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 			return apierr.Invalid("destination.target", "transport must be udp or tcp")
 		}
 	}
+	// A sip destination is resolved and checked here, and the INVITE goes to the checked address,
+	// not to the name again. The trunk (tel) is the operator's own choice.
+	var dest netip.AddrPort
+	if !d.Trunk && u.guard != nil {
+		if dest, err = u.guard.check(ctx, ruri.Host, ruri.Port); err != nil {
+			return err
+		}
+	}
 	rtp, err := openRTP(u.listenIP, u.p.RTPPortMin, u.p.RTPPortMax)
 	if err != nil {
 		return apierr.Newf(apierr.Unavailable, rtcapi.ErrReasonDialFailed, "no free RTP port: %v", err)
@@ -248,6 +267,9 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 
 	req := sip.NewRequest(sip.INVITE, ruri)
 	req.SetTransport(transport)
+	if dest.IsValid() {
+		req.SetDestination(dest.String())
+	}
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Host: u.extHost, Port: u.extPort, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranchN(16))
 	from := &sip.FromHeader{DisplayName: displayName(src.Name), Address: sip.Uri{Scheme: "sip", User: fromUser, Host: u.extHost}, Params: sip.NewParams()}
