@@ -18,6 +18,7 @@ import (
 
 	"voipbin/bin-api-manager/internal/cache"
 	"voipbin/bin-api-manager/internal/httpauth"
+	"voipbin/pkg/callapi"
 )
 
 // MaxBodyBytes is the largest request body accepted (413 beyond).
@@ -37,9 +38,10 @@ type Limiter interface {
 // IdempotencyStore keeps the answers of requests with an Idempotency-Key (cache.Idempotency
 // implements it).
 type IdempotencyStore interface {
-	Begin(ctx context.Context, key, hash string) (cache.Record, bool, error)
-	Finish(ctx context.Context, key string, r cache.Record) error
-	Abort(ctx context.Context, key string) error
+	Begin(ctx context.Context, key, hash string, lease time.Duration) (cache.Record, *cache.Claim, error)
+	Finish(ctx context.Context, c *cache.Claim, r cache.Record) (cache.Record, error)
+	Release(ctx context.Context, c *cache.Claim) error
+	Yield(ctx context.Context, c *cache.Claim) error
 }
 
 // IdentityService is what the router needs of identity.Service.
@@ -64,6 +66,10 @@ type Deps struct {
 	RateLimitIP       RateLimit
 	RateLimitCustomer RateLimit
 	Idempotency       IdempotencyStore
+	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager; it must exceed
+	// the call manager's whole budget (config checks it against callapi.CreateTimeout). 0 means
+	// callapi.CreateTimeout + 1 s.
+	CallCreateTimeout time.Duration
 
 	// CORSOrigins are the browser origins allowed to call the API ("*": any, without cookies).
 	CORSOrigins []string
@@ -93,6 +99,9 @@ type api struct {
 // New builds the router of the public API.
 func New(d Deps) http.Handler {
 	a := &api{log: d.Log, m: newMetrics(d.Registerer)}
+	if d.CallCreateTimeout <= 0 {
+		d.CallCreateTimeout = callapi.CreateTimeout + time.Second
+	}
 	r := chi.NewRouter()
 	r.Use(a.requestID, a.accessLog, a.recoverer, cors(d.CORSOrigins))
 	r.NotFound(a.routeNotFound)
@@ -124,7 +133,8 @@ func New(d Deps) http.Handler {
 			r.Mount("/v1.0/customers", (&customers{api: a, svc: d.Identity}).Routes())
 			r.Get("/v1.0/customer", (&customers{api: a, svc: d.Identity}).own)
 			r.Mount("/v1.0/accesskeys", (&accessKeys{api: a, svc: d.Identity}).Routes())
-			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, sipPolicy: sipPolicy(d.SIPDestinations)}).Routes())
+			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, timeout: d.CallCreateTimeout,
+				sipPolicy: sipPolicy(d.SIPDestinations)}).Routes())
 			b := &billing{api: a, mgr: d.Billing}
 			r.Mount("/v1.0/billing_accounts", b.AccountRoutes())
 			r.Mount("/v1.0/billings", b.BillingRoutes())

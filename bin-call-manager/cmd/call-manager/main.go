@@ -125,11 +125,12 @@ func serve(ctx context.Context, w wiring) error {
 	store := mysql.NewCallStore(w.db)
 	calls := cache.New(w.rdb, w.log, cache.Options{TTL: w.cfg.CacheTTL, Registerer: w.reg})
 	svc := call.NewService(call.Deps{
-		Store: store, Due: store, Cache: calls,
+		Store: store, Requests: store, Due: store, Cache: calls,
 		Gate: billingapi.NewClient(w.caller), RTC: rtcapi.NewClient(w.caller),
 		Relay: relay, Log: w.log, Metrics: call.NewMetrics(w.reg), Now: w.now,
 		Settings: call.Settings{DialTimeout: w.cfg.DialTimeout, MaxDuration: w.cfg.MaxDuration,
-			ReaperGrace: w.cfg.ReaperGrace, ProbeInterval: w.cfg.ProbeInterval, RPCTimeout: w.cfg.RPCTimeout},
+			ReaperGrace: w.cfg.ReaperGrace, ProbeInterval: w.cfg.ProbeInterval, RPCTimeout: w.cfg.RPCTimeout,
+			CreateBudget: w.cfg.CreateBudget, GateBudget: w.cfg.GateBudget, DialBudget: w.cfg.DialBudget},
 	})
 	srv := rpc.NewServer(w.conn, w.queue, w.log, rpc.ServerOptions{Registerer: w.reg})
 	rpcserver.Register(srv, svc)

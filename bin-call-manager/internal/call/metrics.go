@@ -14,6 +14,7 @@ type Metrics struct {
 	transitions *prometheus.CounterVec
 	rtcEvents   *prometheus.CounterVec
 	reaped      *prometheus.CounterVec
+	keyed       *prometheus.CounterVec
 }
 
 // NewMetrics makes the call metrics and registers them on reg (nil: not registered).
@@ -30,9 +31,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			[]string{"type", "outcome"}),
 		reaped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_reaped_total",
 			Help: "Calls the reaper ended, by why: deadline, orphan (never dialled), node_gone."}, []string{"why"}),
+		keyed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_create_keyed_total",
+			Help: "Create requests with an idempotency key, by outcome: created, replayed (the calls of the first, nothing dialled), in_use, reused, taken_over (of an attempt that did not finish), failed."},
+			[]string{"outcome"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped)
+		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped, m.keyed)
 	}
 	return m
 }

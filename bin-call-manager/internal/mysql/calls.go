@@ -1,5 +1,6 @@
 // Package mysql is the call manager's MySQL adapter: the call_calls table, written together with
-// the call_outbox events of each change in one transaction, and the reaper's claim of due calls.
+// the call_outbox events of each change in one transaction, the reaper's claim of due calls, and
+// the idempotency records of create requests (call_requests).
 package mysql
 
 import (
@@ -34,7 +35,7 @@ func NewCallStore(db *sql.DB) *CallStore {
 
 const columns = `id, customer_id, source, destination, status, direction, hangup_by, hangup_reason,
 hangup_cause, sip_code, duration, metadata, node_id, sip_call_id, dial_timeout, sequence, version,
-probe_failures, tm_create, tm_update, tm_ringing, tm_progressing, tm_hangup, tm_deadline, tm_check, tm_delete`
+probe_failures, tm_create, tm_update, tm_ringing, tm_progressing, tm_hangup, tm_deadline, tm_check, tm_delete, tm_alive`
 
 func binUUID(s string) ([]byte, error) {
 	u, err := uuid.Parse(s)
@@ -50,10 +51,10 @@ func scanCall(r scanner) (*call.Call, error) {
 	var c call.Call
 	var id, customer, source, destination, metadata []byte
 	var status string
-	var ringing, progressing, hangup, check, del sql.NullTime
+	var ringing, progressing, hangup, check, del, alive sql.NullTime
 	err := r.Scan(&id, &customer, &source, &destination, &status, &c.Direction, &c.HangupBy, &c.HangupReason,
 		&c.HangupCause, &c.SIPCode, &c.Duration, &metadata, &c.NodeID, &c.SIPCallID, &c.DialTimeout, &c.Sequence, &c.Version,
-		&c.ProbeFailures, &c.TMCreate, &c.TMUpdate, &ringing, &progressing, &hangup, &c.TMDeadline, &check, &del)
+		&c.ProbeFailures, &c.TMCreate, &c.TMUpdate, &ringing, &progressing, &hangup, &c.TMDeadline, &check, &del, &alive)
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +80,7 @@ func scanCall(r scanner) (*call.Call, error) {
 	}
 	c.TMCreate, c.TMUpdate, c.TMDeadline = c.TMCreate.UTC(), c.TMUpdate.UTC(), c.TMDeadline.UTC()
 	c.TMRinging, c.TMProgressing, c.TMHangup, c.TMCheck, c.TMDelete = ptr(ringing), ptr(progressing), ptr(hangup), ptr(check), ptr(del)
+	c.TMAlive = ptr(alive)
 	return &c, nil
 }
 
@@ -104,6 +106,18 @@ func (s *CallStore) Create(ctx context.Context, calls []*call.Call) ([]call.Even
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	evs, err := s.insertAll(ctx, tx, calls)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return evs, nil
+}
+
+// insertAll inserts the calls and their events in the caller's transaction.
+func (s *CallStore) insertAll(ctx context.Context, tx *sql.Tx, calls []*call.Call) ([]call.Event, error) {
 	var evs []call.Event
 	for _, c := range calls {
 		if err := s.insert(ctx, tx, c); err != nil {
@@ -114,9 +128,6 @@ func (s *CallStore) Create(ctx context.Context, calls []*call.Call) ([]call.Even
 			return nil, err
 		}
 		evs = append(evs, written...)
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
 	}
 	return evs, nil
 }
@@ -141,11 +152,11 @@ func (s *CallStore) insert(ctx context.Context, tx *sql.Tx, c *call.Call) error 
 		metadata = b
 	}
 	c.Version = 1
-	_, err = tx.ExecContext(ctx, "INSERT INTO call_calls ("+columns+") VALUES (?"+strings.Repeat(",?", 25)+")",
+	_, err = tx.ExecContext(ctx, "INSERT INTO call_calls ("+columns+") VALUES (?"+strings.Repeat(",?", 26)+")",
 		id, customer, source, destination, string(c.Status), c.Direction, c.HangupBy, c.HangupReason,
 		c.HangupCause, c.SIPCode, c.Duration, metadata, c.NodeID, c.SIPCallID, c.DialTimeout, c.Sequence, c.Version,
 		c.ProbeFailures, c.TMCreate, c.TMUpdate, null(c.TMRinging), null(c.TMProgressing), null(c.TMHangup),
-		c.TMDeadline, null(c.TMCheck), null(c.TMDelete))
+		c.TMDeadline, null(c.TMCheck), null(c.TMDelete), null(c.TMAlive))
 	if err != nil {
 		return fmt.Errorf("insert call: %w", err)
 	}
@@ -324,6 +335,20 @@ func (s *CallStore) ClaimDue(ctx context.Context, now, next time.Time, limit int
 		c.TMCheck = &check
 	}
 	return due, nil
+}
+
+// SetAlive records a probe that found the call live at time at, which also clears the failed
+// probes. Like the failures it is the reaper's own: the version and the cache do not change.
+func (s *CallStore) SetAlive(ctx context.Context, id string, at time.Time) error {
+	bid, err := binUUID(id)
+	if err != nil {
+		return call.ErrNotFound
+	}
+	if _, err := s.db.ExecContext(ctx, "UPDATE call_calls SET probe_failures = 0, tm_alive = GREATEST(COALESCE(tm_alive, ?), ?) WHERE id = ?",
+		at.UTC(), at.UTC(), bid); err != nil {
+		return fmt.Errorf("set alive: %w", err)
+	}
+	return nil
 }
 
 // SetProbeFailures records the consecutive failed liveness probes of a call.

@@ -108,6 +108,8 @@ func (d *Dialog) Ring(at time.Time, sipCode int) []Emitted {
 
 // Answer is what a 2xx to the INVITE tells about the dialog.
 type Answer struct {
+	// At is when the 2xx arrived; zero means when it is recorded.
+	At           time.Time
 	SIPCode      int
 	To           string // To header value with the remote tag
 	RemoteTarget string
@@ -126,6 +128,9 @@ func (d *Dialog) Answered(at time.Time, a Answer) []Emitted {
 
 // End is how a dialog ended.
 type End struct {
+	// At is when the end happened (the BYE or final response arrived, or ours was sent); zero
+	// means when it is recorded. An end recorded late (the store was down) keeps this time.
+	At time.Time
 	// SIPCode is the INVITE's final status (200 for an answered call), 0 if there was none.
 	SIPCode int
 	By      string // callapi.HangupByLocal or HangupByRemote

@@ -395,33 +395,40 @@ func (u *UA) HangupAll(ctx context.Context) error {
 
 // EndStateless ends a dialog from its stored state: a BYE (in its own transaction, from this
 // node) once answered, else a CANCEL matching the dead node's INVITE. It returns the SIP code to
-// record: 200 for an answered dialog, 487 for a cancelled one.
-func (u *UA) EndStateless(ctx context.Context, d dialog.Dialog) (int, error) {
+// record (200 for an answered dialog, 487 for a cancelled one) and who ended the dialog: remote
+// when the peer answers the BYE with 481 (it had already ended the dialog, with a BYE the dead
+// node never saw), local otherwise.
+func (u *UA) EndStateless(ctx context.Context, d dialog.Dialog) (dialog.End, error) {
 	if d.State == dialog.StateAnswered {
+		end := dialog.End{SIPCode: 200, By: callapi.HangupByLocal}
 		bye, err := statelessBye(d)
 		if err != nil {
-			return 200, err
+			return end, err
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		res, err := u.cli.Do(cctx, bye)
-		if err != nil {
-			return 200, fmt.Errorf("BYE: %w", err)
+		switch {
+		case err != nil:
+			return end, fmt.Errorf("BYE: %w", err)
+		case res.StatusCode == 481:
+			end.By = callapi.HangupByRemote
+			return end, nil
+		case res.StatusCode >= 300:
+			return end, fmt.Errorf("BYE answered %d", res.StatusCode)
 		}
-		if res.StatusCode >= 300 && res.StatusCode != 481 {
-			return 200, fmt.Errorf("BYE answered %d", res.StatusCode)
-		}
-		return 200, nil
+		return end, nil
 	}
+	end := dialog.End{SIPCode: 487, By: callapi.HangupByLocal}
 	cancelReq, err := statelessCancel(d)
 	if err != nil {
-		return 487, err
+		return end, err
 	}
 	// The answer goes to the dead node's Via: send and forget.
 	if err := u.cli.WriteRequest(cancelReq); err != nil {
-		return 487, fmt.Errorf("CANCEL: %w", err)
+		return end, fmt.Errorf("CANCEL: %w", err)
 	}
-	return 487, nil
+	return end, nil
 }
 
 // ---- incoming requests ---------------------------------------------------------------------------

@@ -280,12 +280,18 @@ func TestEndStatelessBye(t *testing.T) {
 	r.mu.Unlock()
 	other := newUA(t, "", "")
 	t.Logf("other UA at %s", other.Addr())
-	code, err := other.EndStateless(context.Background(), d)
-	if err != nil || code != 200 {
-		t.Fatalf("EndStateless() = %d, %v; want 200, nil", code, err)
+	end, err := other.EndStateless(context.Background(), d)
+	if err != nil || end.SIPCode != 200 || end.By != callapi.HangupByLocal {
+		t.Fatalf("EndStateless() = %+v, %v; want 200 by local", end, err)
 	}
 	// The BYE ended the dialog at the peer.
 	testenv.Eventually(t, 5*time.Second, "the peer to hang up", func() bool { return peer.Active() == 0 })
+	// A dialog the peer has already ended (481) was ended by the peer, not by us.
+	d.CSeq++
+	end, err = other.EndStateless(context.Background(), d)
+	if err != nil || end.By != callapi.HangupByRemote {
+		t.Fatalf("EndStateless() of a dialog the peer ended = %+v, %v; want by remote", end, err)
+	}
 }
 
 func startCarrier(t *testing.T) *carrier.Server {
