@@ -41,9 +41,9 @@ type Params struct {
 	// RTPPortMin and RTPPortMax bound the local RTP ports.
 	RTPPortMin, RTPPortMax int
 	// Policy, when set, decides where sip destinations may be dialled (main always sets it).
-	Policy *AddressPolicy
-	Log    *slog.Logger
-	Registerer             prometheus.Registerer
+	Policy     *AddressPolicy
+	Log        *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // UA is the user agent.
