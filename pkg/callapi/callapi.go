@@ -62,6 +62,9 @@ const (
 	ReasonTimeout  = "timeout"
 	ReasonNoanswer = "noanswer"
 	ReasonDialout  = "dialout"
+	// ReasonBalanceExhausted: the answered call used up the talk time its balance paid for and
+	// no more was granted (billing refused, or could not be asked in time).
+	ReasonBalanceExhausted = "balance_exhausted"
 )
 
 // Hangup sides.

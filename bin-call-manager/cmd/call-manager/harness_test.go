@@ -303,7 +303,8 @@ func runServer(t testing.TB, conn *amqp.Conn, queue string, exclusive bool, rout
 func testCallConfig() config.Call {
 	return config.Call{DialTimeout: 60 * time.Second, MaxDuration: time.Hour, ReaperGrace: 2 * time.Minute,
 		ReaperInterval: 20 * time.Millisecond, ProbeInterval: 30 * time.Second, RPCTimeout: 3 * time.Second, CacheTTL: time.Hour,
-		CreateBudget: 8 * time.Second, GateBudget: 3 * time.Second, DialBudget: 3 * time.Second}
+		CreateBudget: 8 * time.Second, GateBudget: 3 * time.Second, DialBudget: 3 * time.Second,
+		QuotaLead: 10 * time.Second, QuotaInterval: 100 * time.Millisecond}
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {

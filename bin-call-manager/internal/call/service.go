@@ -67,6 +67,10 @@ type Settings struct {
 	CreateBudget time.Duration
 	GateBudget   time.Duration
 	DialBudget   time.Duration
+	// QuotaLead is how long before a call's quota runs out its next slice is asked for;
+	// QuotaInterval is how often the renewer looks for due renewals and retries failed ones.
+	QuotaLead     time.Duration
+	QuotaInterval time.Duration
 }
 
 // Deps are what a Service is built from.
@@ -77,6 +81,10 @@ type Deps struct {
 	Cache    Cache
 	Gate     Gate
 	RTC      RTC
+	// Credit, Enforcer and Renewals run the quota renewals (credit control); see RunRenewer.
+	Credit   Credit
+	Enforcer Enforcer
+	Renewals RenewalStore
 	Relay    Kicker
 	Log      *slog.Logger
 	Metrics  *Metrics
@@ -325,6 +333,7 @@ func (s *Service) storeUnavailable(ctx context.Context, what string, err error) 
 	return apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "the call store is unavailable; nothing was created")
 }
 
+// gate passes the call through billing's balance gate and records the quota (talk time) granted.
 func (s *Service) gate(ctx context.Context, c *Call) error {
 	gctx, cancel := s.rpcCtx(telemetry.WithCallID(ctx, c.ID))
 	defer cancel()
@@ -335,6 +344,7 @@ func (s *Service) gate(ctx context.Context, c *Call) error {
 	if !resp.Allowed {
 		return apierr.New(apierr.PaymentRequired, callapi.ErrReasonInsufficientBalance, "the balance does not allow this call")
 	}
+	c.Quota = resp.Quota
 	return nil
 }
 
@@ -357,7 +367,7 @@ func (s *Service) release(ctx context.Context, calls []*Call) {
 func (s *Service) dial(ctx context.Context, c *Call, by time.Time) *Call {
 	dctx, cancel := context.WithDeadline(ctx, by)
 	resp, err := s.RTC.Dial(dctx, rtcapi.DialRequest{CallID: c.ID, CustomerID: c.CustomerID, Source: c.Source,
-		Destination: c.Destination, DialTimeout: c.DialTimeout, MaxDuration: int(s.Settings.MaxDuration / time.Second)})
+		Destination: c.Destination, DialTimeout: c.DialTimeout, MaxDuration: int(s.Settings.MaxDuration / time.Second), Quota: c.Quota})
 	cancel()
 	if err != nil {
 		s.Log.WarnContext(ctx, "dial failed; ending the call", "error", err)

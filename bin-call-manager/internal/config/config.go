@@ -48,6 +48,12 @@ type Call struct {
 	DialBudget time.Duration
 	// CacheTTL is how long a call:<id> entry lives in Redis after its last write.
 	CacheTTL time.Duration
+	// QuotaLead is how long before an answered call's quota (talk time granted by billing) runs
+	// out the next slice is asked for; at most half a slice is used, whatever this says.
+	QuotaLead time.Duration
+	// QuotaInterval is how often the renewer looks for due renewals, and how soon a failed or
+	// refused one is tried again.
+	QuotaInterval time.Duration
 }
 
 // CreateStoreReserve is what a create budget keeps beside its gate and dial budgets for the
@@ -88,6 +94,8 @@ func load(r *envconf.Reader) Config {
 			GateBudget:     r.Duration("CALL_GATE_BUDGET", 3*time.Second),
 			DialBudget:     r.Duration("CALL_DIAL_BUDGET", 3*time.Second),
 			CacheTTL:       r.Duration("CALL_CACHE_TTL", time.Hour),
+			QuotaLead:      r.Duration("CALL_QUOTA_LEAD", 10*time.Second),
+			QuotaInterval:  r.Duration("CALL_QUOTA_INTERVAL", time.Second),
 		},
 	}
 	wholeSeconds := func(name string, d, lo, hi time.Duration) {
@@ -113,6 +121,12 @@ func load(r *envconf.Reader) Config {
 	} else if need := c.Call.GateBudget + c.Call.DialBudget + CreateStoreReserve; need > c.Call.CreateBudget {
 		r.Fail("CALL_CREATE_BUDGET", "%s does not hold CALL_GATE_BUDGET (%s) + CALL_DIAL_BUDGET (%s) + %s for the store = %s",
 			c.Call.CreateBudget, c.Call.GateBudget, c.Call.DialBudget, CreateStoreReserve, need)
+	}
+	if c.Call.QuotaLead > time.Hour {
+		r.Fail("CALL_QUOTA_LEAD", "%s is longer than 1h", c.Call.QuotaLead)
+	}
+	if c.Call.QuotaInterval > c.Call.QuotaLead && c.Call.QuotaLead > 0 {
+		r.Fail("CALL_QUOTA_INTERVAL", "%s is longer than CALL_QUOTA_LEAD (%s): renewals would come too late", c.Call.QuotaInterval, c.Call.QuotaLead)
 	}
 	if c.Call.ReaperInterval > c.Call.ProbeInterval {
 		r.Fail("CALL_REAPER_INTERVAL", "%s is longer than CALL_PROBE_INTERVAL (%s): probes would run late", c.Call.ReaperInterval, c.Call.ProbeInterval)

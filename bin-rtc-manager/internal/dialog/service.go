@@ -36,9 +36,12 @@ type Phone interface {
 	// Call fills d's SIP fields, has p.Start persist it, sends the INVITE, and then runs the
 	// dialog in the background, reporting its progress to p.
 	Call(ctx context.Context, d *Dialog, src callapi.Address, p Progress) error
-	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after) and waits until
-	// it has ended; false if it runs no such dialog.
-	Hangup(ctx context.Context, callID string) (bool, error)
+	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after), reporting
+	// reason in its end, and waits until it has ended; false if it runs no such dialog.
+	Hangup(ctx context.Context, callID, reason string) (bool, error)
+	// Extend raises the quota of a dialog this process runs to quota seconds from its answer (a
+	// lower one changes nothing); false if it runs no such dialog.
+	Extend(callID string, quota int) bool
 	// EndStateless ends a dialog from its stored state alone (its node died) and returns how it
 	// ended: By remote when the peer answers that it has no such dialog any more (it hung up
 	// while nobody listened), local otherwise. At is left to the caller.
@@ -47,7 +50,7 @@ type Phone interface {
 
 // Forwarder reaches the node that owns a dialog.
 type Forwarder interface {
-	Hangup(ctx context.Context, nodeID, callID string) error
+	HangupReason(ctx context.Context, nodeID, callID, reason string) error
 }
 
 // Progress receives what happens to a dialog.
@@ -114,6 +117,7 @@ func (s *Service) Dial(ctx context.Context, req rtcapi.DialRequest) (rtcapi.Dial
 	if req.MaxDuration > 0 {
 		d.MaxDuration = time.Duration(req.MaxDuration) * time.Second
 	}
+	d.Quota = req.Quota
 	err = s.phone.Call(ctx, d, req.Source, s)
 	switch {
 	case errors.Is(err, ErrExists):
@@ -195,12 +199,32 @@ func (s *Service) record(ctx context.Context, callID string, fn func(d *Dialog) 
 	}
 }
 
+// Extend raises the quota of a dialog this node runs (the call manager sends it to the owner's
+// queue): the call may then last quota seconds from its answer. A dialog this node no longer runs
+// (it ended) is DIALOG_NOT_FOUND.
+func (s *Service) Extend(ctx context.Context, callID string, quota int) error {
+	ctx = telemetry.WithCallID(ctx, callID)
+	if quota <= 0 || quota > MaxQuota {
+		return apierr.Invalid("quota", "must be 1 to 604800 seconds")
+	}
+	if !s.phone.Extend(callID, quota) {
+		return apierr.Newf(apierr.NotFound, rtcapi.ErrReasonDialogNotFound, "no live dialog for call %s on this node", callID)
+	}
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.Quota = max(d.Quota, quota); return nil, nil })
+	s.log.DebugContext(ctx, "quota extended", "quota", quota)
+	return nil
+}
+
 // Hangup ends a dialog: the one this node runs, the owner's through its queue, or, when the owner
 // is gone (its queue vanished with it), from the stored state. viaNodeQueue says the request came
-// on this node's own queue, which is never forwarded again.
-func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) error {
+// on this node's own queue, which is never forwarded again. reason (empty or balance_exhausted) is
+// reported in the dialog's end.
+func (s *Service) Hangup(ctx context.Context, callID, reason string, viaNodeQueue bool) error {
 	ctx = telemetry.WithCallID(ctx, callID)
-	found, err := s.phone.Hangup(ctx, callID)
+	if err := ValidateHangupReason(reason); err != nil {
+		return err
+	}
+	found, err := s.phone.Hangup(ctx, callID, reason)
 	if found {
 		return err
 	}
@@ -213,21 +237,21 @@ func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) 
 	}
 	ctx = telemetry.WithCustomerID(ctx, d.CustomerID)
 	if d.NodeID != s.nodeID && !viaNodeQueue && s.forward != nil {
-		err := s.forward.Hangup(ctx, d.NodeID, callID)
+		err := s.forward.HangupReason(ctx, d.NodeID, callID, reason)
 		if !apierr.HasReason(err, apierr.ReasonServiceUnavailable) {
 			return err
 		}
 		s.log.WarnContext(ctx, "owner node is gone; ending its dialog from the stored state", "owner", d.NodeID)
 	}
-	return s.takeOver(ctx, d)
+	return s.takeOver(ctx, d, reason)
 }
 
 // takeOver ends a dialog no process runs any more. What is known of its end is recorded, and no
 // more: a peer that says it has no such dialog hung up while nobody listened (by remote), a peer
 // that does not answer may have too; either way the call is known alive only until its node's
 // last heartbeat, and that is its end time. Only a peer that accepts our BYE or CANCEL was still
-// in the call, which then ends now, by us.
-func (s *Service) takeOver(ctx context.Context, d *Dialog) error {
+// in the call, which then ends now, by us, for reason (empty or balance_exhausted).
+func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error {
 	e, err := s.phone.EndStateless(ctx, *d)
 	e.At = s.now()
 	if err != nil || e.By == callapi.HangupByRemote {
@@ -250,6 +274,9 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog) error {
 	}
 	if e.By == "" {
 		e.By = callapi.HangupByLocal
+	}
+	if e.By == callapi.HangupByLocal {
+		e.Reason = reason
 	}
 	s.log.InfoContext(ctx, "ending an orphaned dialog", "by", e.By, "sip_code", e.SIPCode, "at", e.At)
 	_, err = s.store.Update(ctx, d.CallID, func(cur *Dialog) ([]Emitted, error) {
@@ -302,7 +329,7 @@ func (s *Service) Reap(ctx context.Context, running func(callID string) bool) (i
 			continue
 		}
 		cctx := telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
-		if err := s.takeOver(cctx, d); err != nil {
+		if err := s.takeOver(cctx, d, ""); err != nil {
 			return n, err
 		}
 		n++

@@ -109,9 +109,22 @@ func (s *memStore) ended() []rtcapi.Event {
 type fakePhone struct {
 	running   map[string]bool
 	hungUp    []string
+	reasons   []string
+	extended  map[string]int
 	stateless []string
 	callErr   error
 	peerGone  bool // the peer answers a stateless BYE with 481
+}
+
+func (p *fakePhone) Extend(id string, quota int) bool {
+	if !p.running[id] {
+		return false
+	}
+	if p.extended == nil {
+		p.extended = map[string]int{}
+	}
+	p.extended[id] = quota
+	return true
 }
 
 func (p *fakePhone) Call(ctx context.Context, d *Dialog, _ callapi.Address, pr Progress) error {
@@ -122,9 +135,10 @@ func (p *fakePhone) Call(ctx context.Context, d *Dialog, _ callapi.Address, pr P
 	return pr.Start(ctx, d)
 }
 
-func (p *fakePhone) Hangup(_ context.Context, id string) (bool, error) {
+func (p *fakePhone) Hangup(_ context.Context, id, reason string) (bool, error) {
 	if p.running[id] {
 		p.hungUp = append(p.hungUp, id)
+		p.reasons = append(p.reasons, reason)
 		return true, nil
 	}
 	return false, nil
@@ -146,8 +160,8 @@ type fakeForward struct {
 	calls []string
 }
 
-func (f *fakeForward) Hangup(_ context.Context, node, id string) error {
-	f.calls = append(f.calls, node+"/"+id)
+func (f *fakeForward) HangupReason(_ context.Context, node, id, reason string) error {
+	f.calls = append(f.calls, node+"/"+id+"/"+reason)
 	return f.err
 }
 
@@ -160,6 +174,24 @@ func newService(store Store, phone Phone, fwd Forwarder) *Service {
 		Store: store, Phone: phone, Forward: fwd, Relay: &kicks{}, Log: testenv.Logger(nil)})
 }
 
+func TestExtend(t *testing.T) {
+	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateAnswered, Quota: 60}, Dialog{CallID: "gone", NodeID: "me", State: StateEnded})
+	phone := &fakePhone{running: map[string]bool{"c": true}}
+	svc := newService(store, phone, &fakeForward{})
+	if err := svc.Extend(context.Background(), "c", 120); err != nil || phone.extended["c"] != 120 {
+		t.Fatalf("Extend() = %v, phone quota %d; want nil, 120", err, phone.extended["c"])
+	}
+	if d, _ := store.Get(context.Background(), "c"); d.Quota != 120 || d.Info().Quota != 120 {
+		t.Fatalf("stored quota = %d, want 120", d.Quota)
+	}
+	if err := svc.Extend(context.Background(), "gone", 120); !apierr.HasReason(err, rtcapi.ErrReasonDialogNotFound) {
+		t.Fatalf("Extend(ended) = %v, want DIALOG_NOT_FOUND", err)
+	}
+	if err := svc.Extend(context.Background(), "c", 0); !apierr.HasReason(err, apierr.ReasonInvalidArgument) {
+		t.Fatalf("Extend(0) = %v, want INVALID_ARGUMENT", err)
+	}
+}
+
 func TestHangup(t *testing.T) {
 	unavailable := apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "no consumer")
 	tests := []struct {
@@ -168,6 +200,7 @@ func TestHangup(t *testing.T) {
 		running       map[string]bool
 		forwardErr    error
 		viaNode       bool
+		reason        string
 		wantErrReason string
 		wantHungUp    bool
 		wantForwarded bool
@@ -186,6 +219,10 @@ func TestHangup(t *testing.T) {
 			forwardErr: unavailable, wantForwarded: true, wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 487, Cause: 16, By: "local"}},
 		{name: "own dialog left by a previous run", stored: []Dialog{{CallID: "c", NodeID: "me", State: StateAnswered}},
 			wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local"}},
+		{name: "owner dead, quota used up: the reason is reported", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered, TMAnswered: time.Now()}},
+			reason: "balance_exhausted", forwardErr: unavailable, wantForwarded: true, wantStateless: true,
+			wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local", Reason: "balance_exhausted"}},
+		{name: "an unknown reason", reason: "because", wantErrReason: apierr.ReasonInvalidArgument},
 		{name: "on the node queue: never forwarded", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered}}, viaNode: true,
 			wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local"}},
 	}
@@ -194,7 +231,7 @@ func TestHangup(t *testing.T) {
 			store := newMemStore(tt.stored...)
 			phone := &fakePhone{running: tt.running}
 			fwd := &fakeForward{err: tt.forwardErr}
-			err := newService(store, phone, fwd).Hangup(context.Background(), "c", tt.viaNode)
+			err := newService(store, phone, fwd).Hangup(context.Background(), "c", tt.reason, tt.viaNode)
 			if tt.wantErrReason != "" {
 				if !apierr.HasReason(err, tt.wantErrReason) {
 					t.Fatalf("Hangup() = %v, want %s", err, tt.wantErrReason)
@@ -319,7 +356,7 @@ func TestTakeOverRecordsWhatIsKnown(t *testing.T) {
 			store.alive = map[string]time.Time{"dead": lastBeat}
 			svc := newService(store, &fakePhone{peerGone: tt.peerGone}, nil)
 			svc.now = func() time.Time { return answered.Add(time.Minute) }
-			if err := svc.Hangup(context.Background(), "c", true); err != nil {
+			if err := svc.Hangup(context.Background(), "c", "", true); err != nil {
 				t.Fatal(err)
 			}
 			ended := store.ended()
