@@ -85,7 +85,7 @@ func TestDestinationPolicy(t *testing.T) {
 		peer.Wait(t, 10*time.Second)
 	})
 	t.Run("tel reaches the trunk", func(t *testing.T) {
-		r, _ := dialTo(t, ua, "sip:+1486000000@"+trunk.Addr(), true, 10*time.Second, time.Minute)
+		r, _ := dialTo(t, ua, "sip:+1486000000@"+trunk.Addr(), true, 10*time.Second, time.Minute, 0)
 		testenv.Eventually(t, 10*time.Second, "the busy answer", r.ended)
 		if want := `ended 486 by remote reason ""`; !r.has(want) {
 			t.Errorf("steps = %q, want %q", r.got(), want)
