@@ -99,8 +99,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	ua, err := sip.NewUA(sip.Params{ListenAddress: cfg.SIP.ListenAddress, ExternalAddress: cfg.SIP.ExternalAddress,
 		Username: cfg.SIP.TrunkUsername, Password: cfg.SIP.TrunkPassword,
 		RTPPortMin: cfg.SIP.RTPPortMin, RTPPortMax: cfg.SIP.RTPPortMax,
-		Policy: &sip.AddressPolicy{Allowed: cfg.SIP.AllowedNetworks, TrunkURI: cfg.SIP.TelTrunkURI},
-		Log:    log, Registerer: reg})
+		Policy:         &sip.AddressPolicy{Allowed: cfg.SIP.AllowedNetworks, TrunkURI: cfg.SIP.TelTrunkURI},
+		TCPIdleTimeout: cfg.SIP.TCPIdleTimeout, TCPMaxConnections: cfg.SIP.TCPMaxConnections,
+		Log: log, Registerer: reg})
 	if err != nil {
 		return err
 	}

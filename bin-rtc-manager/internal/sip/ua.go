@@ -41,9 +41,13 @@ type Params struct {
 	// RTPPortMin and RTPPortMax bound the local RTP ports.
 	RTPPortMin, RTPPortMax int
 	// Policy, when set, decides where sip destinations may be dialled (main always sets it).
-	Policy     *AddressPolicy
-	Log        *slog.Logger
-	Registerer prometheus.Registerer
+	Policy *AddressPolicy
+	// TCPIdleTimeout closes an inbound TCP connection that sent nothing for so long (0: never);
+	// TCPMaxConnections caps the inbound TCP connections open at once (0: no cap).
+	TCPIdleTimeout    time.Duration
+	TCPMaxConnections int
+	Log               *slog.Logger
+	Registerer        prometheus.Registerer
 }
 
 // UA is the user agent.
@@ -61,6 +65,7 @@ type UA struct {
 	extPort  int
 	listenIP net.IP
 	guard    *destinationGuard // nil: no address policy
+	lim      *limits
 
 	// base outlives RPC requests: dialogs run under it until Close.
 	base     context.Context
@@ -106,7 +111,9 @@ func NewUA(p Params) (*UA, error) {
 		}
 	}
 
-	sipLog := p.Log.With("component", "sipgo")
+	u.lim = newLimits()
+	// sipgo logs through a handler that counts malformed messages and bounds what they cost.
+	sipLog := slog.New(&sipLogHandler{next: p.Log.Handler(), lim: u.lim}).With("component", "sipgo")
 	u.ua, err = sipgo.NewUA(sipgo.WithUserAgent("voipbin-rtc"), sipgo.WithUserAgentHostname(host),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(sipLog)))
@@ -140,6 +147,7 @@ func NewUA(p Params) (*UA, error) {
 	if p.Registerer != nil {
 		p.Registerer.MustRegister(u.dials, u.outcomes, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rtc_dialogs_active",
 			Help: "Dialogs this node runs now."}, func() float64 { return float64(u.Active()) }))
+		p.Registerer.MustRegister(u.lim.collectors()...)
 	}
 	return u, nil
 }
@@ -184,7 +192,9 @@ func (u *UA) Addr() string { return net.JoinHostPort(u.extHost, strconv.Itoa(u.e
 func (u *UA) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- u.srv.ServeUDP(u.udp) }()
-	go func() { errc <- u.srv.ServeTCP(u.tcp) }()
+	tcp := &limitedListener{Listener: u.tcp, max: u.p.TCPMaxConnections, idle: u.p.TCPIdleTimeout, lim: u.lim,
+		log: u.log.With("component", "sip-tcp")}
+	go func() { errc <- u.srv.ServeTCP(tcp) }()
 	u.log.InfoContext(ctx, "sip user agent listening", "udp", u.udp.LocalAddr().String(), "tcp", u.tcp.Addr().String(), "contact", u.Addr())
 	select {
 	case <-ctx.Done():

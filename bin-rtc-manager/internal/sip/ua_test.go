@@ -85,10 +85,14 @@ func newUA(t *testing.T, user, pass string) *sip.UA {
 	return startUA(t, sip.Params{Username: user, Password: pass})
 }
 
-// startUA runs a UA on a free loopback port with p (ListenAddress, RTP ports and Log filled in).
+// startUA runs a UA on a free loopback port with p (ListenAddress and RTP ports filled in, Log
+// when unset).
 func startUA(t *testing.T, p sip.Params) *sip.UA {
 	t.Helper()
-	p.ListenAddress, p.RTPPortMin, p.RTPPortMax, p.Log = "127.0.0.1:0", 20000, 30000, testenv.Logger(t)
+	p.ListenAddress, p.RTPPortMin, p.RTPPortMax = "127.0.0.1:0", 20000, 30000
+	if p.Log == nil {
+		p.Log = testenv.Logger(t)
+	}
 	ua, err := sip.NewUA(p)
 	if err != nil {
 		t.Fatal(err)
