@@ -159,7 +159,7 @@ func (c *calls) create(w http.ResponseWriter, r *http.Request) error {
 	canonical, _ := json.Marshal(req)
 	sum := sha256.Sum256(canonical)
 	hash := hex.EncodeToString(sum[:])
-	rec, claim, err := c.idem.Begin(r.Context(), scoped, hash, c.timeout+idempotencyLeaseMargin)
+	rec, claim, err := c.idem.Begin(r.Context(), scoped, hash, min(c.timeout+time.Second, maxIdempotencyLease))
 	if err != nil {
 		c.log.WarnContext(r.Context(), "idempotency store unavailable", "error", err)
 		return apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "idempotency keys cannot be honoured right now; retry later")
@@ -214,9 +214,10 @@ func (c *calls) create(w http.ResponseWriter, r *http.Request) error {
 	return err
 }
 
-// idempotencyLeaseMargin is how much longer than its RPC timeout a request holds its key before
-// another request with the key may ask the call manager in its place.
-const idempotencyLeaseMargin = time.Second
+// maxIdempotencyLease is how long at most a request holds its key in this store alone: a retry
+// within it is answered IN_USE here; after it (or once the holder gave up, or its process died) a
+// retry asks the call manager, which holds the key for the whole create and knows its outcome.
+const maxIdempotencyLease = 2 * time.Second
 
 func (c *calls) yield(ctx context.Context, claim *cache.Claim) {
 	if err := c.idem.Yield(ctx, claim); err != nil {

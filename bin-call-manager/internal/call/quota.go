@@ -116,8 +116,11 @@ func (s *Service) RunRenewer(ctx context.Context, interval time.Duration) error 
 func (s *Service) Renew(ctx context.Context) error {
 	for {
 		now := s.now()
-		// Long enough for the RPCs of one renewal; a renewer that dies is replaced then.
-		lease := now.Add(2*s.Settings.RPCTimeout + time.Second)
+		// Long enough for the RPCs of one renewal, and short enough that a renewer that dies is
+		// replaced before the quota runs out. An attempt that outlives its lease and runs beside
+		// the next one is harmless: billing answers the same quota with the same grant, and the
+		// node and the row only ever take a higher quota.
+		lease := now.Add(min(2*s.Settings.RPCTimeout+time.Second, max(s.Settings.QuotaLead/2, s.Settings.QuotaInterval)))
 		due, err := s.Renewals.ClaimRenewals(ctx, now, lease, renewBatch)
 		if err != nil {
 			return err
