@@ -58,6 +58,7 @@ func nodeEnv(t *testing.T, rabbitURL, nodeID, trunk string, extra map[string]str
 	env := map[string]string{
 		"RABBITMQ_ADDRESS": rabbitURL, "REDIS_ADDRESS": testenv.RedisAddress(), "ADMIN_ADDRESS": "127.0.0.1:0",
 		"NODE_ID": nodeID, "SIP_LISTEN_ADDRESS": sipAddr, "RTC_TEL_TRUNK_URI": "sip:{number}@" + trunk, "LOG_LEVEL": "debug",
+		"RTC_SIP_ALLOWED_NETWORKS": "127.0.0.0/8", // sipp peers on loopback, as in the local stack
 	}
 	for k, v := range extra {
 		env[k] = v
@@ -393,6 +394,13 @@ func TestBadRequests(t *testing.T) {
 		{"bad type", rtcapi.DialRequest{CallID: "c1", CustomerID: "x", Destination: callapi.Address{Type: "fax", Target: "1"}}, apierr.ReasonInvalidArgument},
 		{"no call id", rtcapi.DialRequest{CustomerID: "x", Destination: tel("+15550001111")}, apierr.ReasonInvalidArgument},
 		{"bad source", rtcapi.DialRequest{CallID: "c1", CustomerID: "x", Source: tel("nope"), Destination: tel("+15550001111")}, apierr.ReasonInvalidArgument},
+		{"source name with CR LF", rtcapi.DialRequest{CallID: "c1", CustomerID: "x",
+			Source: callapi.Address{Type: "tel", Target: "+15550001111", Name: "x\r\nRoute: <sip:evil>"}, Destination: tel("+15550001111")}, apierr.ReasonInvalidArgument},
+		// Loopback is allowed (RTC_SIP_ALLOWED_NETWORKS), the trunk is not: it is reached as tel only.
+		{"the trunk as a sip destination", rtcapi.DialRequest{CallID: "c1", CustomerID: "x",
+			Destination: callapi.Address{Type: "sip", Target: "+1200000003@" + w.sim.Addr()}}, apierr.ReasonInvalidArgument},
+		{"a private sip destination", rtcapi.DialRequest{CallID: "c1", CustomerID: "x",
+			Destination: callapi.Address{Type: "sip", Target: "bob@10.0.0.1"}}, apierr.ReasonInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
