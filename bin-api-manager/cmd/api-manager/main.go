@@ -105,6 +105,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	authenticator := httpauth.New(ids)
 	events := ws.NewHandler(ws.Deps{Conn: conn, Log: log, Registerer: reg,
+		Options: ws.Options{MaxConnectionsPerCustomer: cfg.WS.PerCustomer, MaxConnectionsPerIP: cfg.WS.PerIP},
 		Auth: ws.AuthFunc(func(r *http.Request) (ws.Identity, error) {
 			id, err := authenticator.Authenticate(r)
 			if err != nil {
@@ -128,8 +129,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
 		Limiter:     cache.NewLimiter(rdb, "api:ratelimit:"),
 		RateLimitIP: httpapi.RateLimit(cfg.RateLimitIP), RateLimitCustomer: httpapi.RateLimit(cfg.RateLimitCustomer),
-		Idempotency: cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour, time.Minute),
-		CORSOrigins: cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
+		Idempotency:   cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour, time.Minute),
+		LoginFailures: cache.NewFailures(rdb, "api:loginfail:"),
+		LoginThrottle: httpapi.LoginThrottle(cfg.LoginThrottle),
+		CORSOrigins:   cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
 		WS: events,
 	})
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
@@ -182,7 +185,7 @@ func newIdentity(cfg config.Config, db *sql.DB, rdb *redis.Client, committed fun
 	if err != nil {
 		return nil, err
 	}
-	passwords, err := identity.NewPasswords(cfg.BcryptCost)
+	passwords, err := identity.NewPasswords(cfg.BcryptCost, identity.HashLimit{Concurrency: cfg.PasswordHashConcurrency})
 	if err != nil {
 		return nil, err
 	}

@@ -65,6 +65,12 @@ type options struct {
 	// realManagers sends requests to the contract queues themselves, where the test runs real
 	// managers (in a vhost of its own), and starts no stand-ins.
 	realManagers bool
+	// bcryptCost is the password hashing cost (0: the minimum, for speed).
+	bcryptCost int
+	hashLimit  identity.HashLimit
+	// loginThrottle limits failed logins (zero: no limits); loginRedis counts them (nil: the test Redis).
+	loginThrottle httpapi.LoginThrottle
+	loginRedis    *redis.Client
 }
 
 // harness is the real router over real MariaDB, Redis and RabbitMQ, with the managers stood in
@@ -222,7 +228,11 @@ func newHarness(t testing.TB, o options) *harness {
 	caller := renamed{next: rpcclient.New(client, log, reg),
 		queues: map[string]string{callapi.Queue: callQ, billingapi.Queue: billQ, webhookapi.Queue: hookQ}}
 
-	pw, err := identity.NewPasswords(bcrypt.MinCost)
+	cost := bcrypt.MinCost
+	if o.bcryptCost != 0 {
+		cost = o.bcryptCost
+	}
+	pw, err := identity.NewPasswords(cost, o.hashLimit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,11 +253,16 @@ func newHarness(t testing.TB, o options) *harness {
 	if o.idemRedis != nil {
 		idemRedis = o.idemRedis
 	}
+	loginRedis := rdb
+	if o.loginRedis != nil {
+		loginRedis = o.loginRedis
+	}
 	handler := httpapi.New(httpapi.Deps{
 		Log: log, Registerer: reg, Identity: h.svc, Auth: httpauth.New(h.svc),
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
 		Limiter: countingLimiter{next: cache.NewLimiter(limiterRedis, prefix+"rl:"), calls: &h.limiterCalls}, RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
-		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour, time.Minute),
+		Idempotency:   cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour, time.Minute),
+		LoginFailures: cache.NewFailures(loginRedis, prefix+"lf:"), LoginThrottle: o.loginThrottle,
 		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: wsStub,
 	})
 	srv := httptest.NewServer(handler)

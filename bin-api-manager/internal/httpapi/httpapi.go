@@ -17,6 +17,7 @@ import (
 
 	"voipbin/bin-api-manager/internal/cache"
 	"voipbin/bin-api-manager/internal/httpauth"
+	"voipbin/bin-api-manager/internal/ratelimit"
 )
 
 // MaxBodyBytes is the largest request body accepted (413 beyond).
@@ -63,6 +64,9 @@ type Deps struct {
 	RateLimitIP       RateLimit
 	RateLimitCustomer RateLimit
 	Idempotency       IdempotencyStore
+	// LoginFailures counts failed logins (Redis); nil counts them in process only.
+	LoginFailures FailureCounter
+	LoginThrottle LoginThrottle
 
 	// CORSOrigins are the browser origins allowed to call the API ("*": any, without cookies).
 	CORSOrigins []string
@@ -79,6 +83,8 @@ type Deps struct {
 type api struct {
 	log *slog.Logger
 	m   *metrics
+	// local limits requests in process while the shared limiter (Redis) cannot answer.
+	local *ratelimit.Local
 }
 
 // New builds the router of the public API.
@@ -86,6 +92,7 @@ func New(d Deps) http.Handler {
 	a := &api{log: d.Log, m: newMetrics(d.Registerer)}
 	r := chi.NewRouter()
 	r.Use(a.requestID, a.accessLog, a.recoverer, cors(d.CORSOrigins))
+	a.local = ratelimit.NewLocal()
 	r.NotFound(a.routeNotFound)
 	r.MethodNotAllowed(a.methodNotAllowed(r))
 
@@ -108,6 +115,7 @@ func New(d Deps) http.Handler {
 			r.Get("/v1.0/ws", d.WS.ServeHTTP)
 		}
 		r.With(limitBody).Mount("/auth", (&sessions{api: a, svc: d.Identity, secure: d.SecureCookie,
+			throttle: newLoginThrottle(a, d.LoginFailures, d.LoginThrottle),
 			lifetime: d.CookieLifetime}).Routes())
 
 		r.Group(func(r chi.Router) {

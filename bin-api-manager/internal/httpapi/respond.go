@@ -48,7 +48,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if details == nil {
 		details = []apierr.Detail{}
 	}
-	if e.Status == apierr.ResourceExhausted && w.Header().Get("Retry-After") == "" {
+	if (e.Status == apierr.ResourceExhausted || e.Status == apierr.Unavailable) && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "1")
 	}
 	writeJSON(w, e.HTTPStatus(), envelope{Error: errorBody{Status: e.Status, Reason: e.Reason, Message: e.Message,
