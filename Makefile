@@ -20,7 +20,7 @@ packages := go list -m -f '{{.Dir}}/...' | sed 's|^$(CURDIR)/|./|'
 header = printf '\n==== %s ====\n' "$(1)"
 workspace = test -f go.work || { echo 'no go.work at the repository root' >&2; exit 1; }
 
-.PHONY: help run build migrate test bench lint fmt tidy clean
+.PHONY: help run build migrate test fault bench lint fmt tidy clean
 
 help: ## list the targets
 	@echo 'Usage: make TARGET [VAR=value]'
@@ -46,6 +46,13 @@ test: ## go test -race in every module (starts MariaDB, Redis, RabbitMQ first)
 	@bash deploy/local/services.sh testdeps
 	@$(call header,$(strip go test -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS)))
 	@pkgs=$$($(packages)); echo $$pkgs; go test -race -count=1 -timeout $(TEST_TIMEOUT) $(TESTFLAGS) $$pkgs
+
+FAULT_TIMEOUT ?= 20m
+
+fault: ## fault test (~10 min): kill each part under load on own MariaDB/RabbitMQ/Redis, check the invariants
+	@$(workspace)
+	@$(call header,$(strip VOIPBIN_FAULT=1 go test -race -count=1 -v -run '^TestFault$$' ./e2e/))
+	@VOIPBIN_FAULT=1 go test -race -count=1 -timeout $(FAULT_TIMEOUT) -v -run '^TestFault$$' $(TESTFLAGS) ./e2e/
 
 bench: ## benchmarks in every module (BENCH=regexp to filter)
 	@$(workspace)

@@ -86,7 +86,10 @@ type Stack struct {
 	SIPAddress  string
 	CarrierAddr string
 	Env         map[string]string
+	mu          sync.Mutex // guards procs and logs: the fault test restarts services from two goroutines
 	procs       map[string]*proc
+	logDir      string
+	logs        map[string]logSink // by service, kept across restarts
 	t           testing.TB
 }
 
@@ -94,8 +97,32 @@ type proc struct {
 	name  string
 	cmd   *exec.Cmd
 	admin string
-	log   *lockedBuffer
+	log   logSink
 	done  chan struct{}
+}
+
+// logSink keeps what a service prints: in memory, or in a file when the stack has a LogDir.
+type logSink interface {
+	io.Writer
+	String() string
+}
+
+// fileLog appends a service's output to a file (kept across its restarts) and reads it back.
+type fileLog struct {
+	mu   sync.Mutex
+	f    *os.File
+	path string
+}
+
+func (l *fileLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Write(p)
+}
+
+func (l *fileLog) String() string {
+	b, _ := os.ReadFile(l.path)
+	return string(b)
 }
 
 type lockedBuffer struct {
@@ -115,21 +142,53 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// StartStack builds and starts every service on fresh ports and a fresh database, waits until all
-// are ready, and stops them when the test ends (printing their logs if it failed).
+// StartStack builds and starts every service on fresh ports and a fresh database of the machine's
+// MariaDB (and its RabbitMQ and Redis), waits until all are ready, and stops them when the test
+// ends (printing their logs if it failed).
 func StartStack(t testing.TB, extraEnv map[string]string) *Stack {
+	t.Helper()
+	return StartStackOn(t, StackOptions{
+		Deps: Deps{DatabaseDSN: testenv.MySQLDSN(t), RabbitURL: testenv.RabbitURL(), RedisAddress: testenv.RedisAddress()},
+		Env:  extraEnv,
+	})
+}
+
+// Deps says where the stack's MariaDB database, RabbitMQ and Redis are.
+type Deps struct {
+	DatabaseDSN  string
+	RabbitURL    string
+	RedisAddress string
+}
+
+// StackOptions configures StartStackOn.
+type StackOptions struct {
+	Deps Deps
+	// Env is added to (and overrides) the services' environment.
+	Env map[string]string
+	// LogDir, when set, receives each service's output in <name>.log (appended across restarts)
+	// instead of memory, and the services log at info level unless Env says otherwise.
+	LogDir string
+}
+
+// StartStackOn is StartStack on the given dependencies.
+func StartStackOn(t testing.TB, o StackOptions) *Stack {
 	t.Helper()
 	bin := build(t)
 	sipPort, carrierPort := freePort(t), freePort(t)
 	s := &Stack{t: t, AdminUser: "admin", AdminPass: "admin-" + testenv.Name("pw"), procs: map[string]*proc{},
-		SIPAddress: fmt.Sprintf("127.0.0.1:%d", sipPort), CarrierAddr: fmt.Sprintf("127.0.0.1:%d", carrierPort)}
+		SIPAddress: fmt.Sprintf("127.0.0.1:%d", sipPort), CarrierAddr: fmt.Sprintf("127.0.0.1:%d", carrierPort),
+		logDir: o.LogDir, logs: map[string]logSink{}}
 	httpPort := freePort(t)
 	s.API = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+	level := "debug"
+	if o.LogDir != "" {
+		level = "info"
+	}
 	s.Env = map[string]string{
-		"DATABASE_DSN":             testenv.MySQLDSN(t),
-		"RABBITMQ_ADDRESS":         testenv.RabbitURL(),
-		"REDIS_ADDRESS":            testenv.RedisAddress(),
-		"LOG_LEVEL":                "debug",
+		"DATABASE_DSN":             o.Deps.DatabaseDSN,
+		"RABBITMQ_ADDRESS":         o.Deps.RabbitURL,
+		"REDIS_ADDRESS":            o.Deps.RedisAddress,
+		"LOG_LEVEL":                level,
 		"HTTP_ADDRESS":             fmt.Sprintf("127.0.0.1:%d", httpPort),
 		"JWT_KEY":                  "e2e:" + strings.Repeat("k", 40),
 		"ADMIN_USERNAME":           s.AdminUser,
@@ -141,7 +200,7 @@ func StartStack(t testing.TB, extraEnv map[string]string) *Stack {
 		"WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
 		"BILLING_INITIAL_BALANCE":  "10000000",
 	}
-	for k, v := range extraEnv {
+	for k, v := range o.Env {
 		s.Env[k] = v
 	}
 	for _, name := range []string{"carrier-sim", "billing-manager", "call-manager", "rtc-manager", "webhook-manager", "api-manager"} {
@@ -149,7 +208,9 @@ func StartStack(t testing.TB, extraEnv map[string]string) *Stack {
 	}
 	t.Cleanup(func() {
 		s.StopAll()
-		if t.Failed() {
+		if t.Failed() && s.logDir != "" {
+			t.Logf("the services' logs are in %s", s.logDir)
+		} else if t.Failed() {
 			for _, name := range []string{"api-manager", "call-manager", "billing-manager", "rtc-manager", "webhook-manager", "carrier-sim"} {
 				if p := s.procs[name]; p != nil {
 					t.Logf("==== %s log ====\n%s", name, tail(p.log.String(), 60))
@@ -174,8 +235,39 @@ func tail(s string, n int) string {
 }
 
 func (s *Stack) start(bin, name string) {
+	if err := s.startProc(bin, name); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// logOf is the log of a service, made on its first start.
+func (s *Stack) logOf(name string) (logSink, error) {
+	if l := s.logs[name]; l != nil {
+		return l, nil
+	}
+	var l logSink = &lockedBuffer{}
+	if s.logDir != "" {
+		path := filepath.Join(s.logDir, name+".log")
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		s.t.Cleanup(func() { _ = f.Close() })
+		l = &fileLog{f: f, path: path}
+	}
+	s.logs[name] = l
+	return l, nil
+}
+
+func (s *Stack) startProc(bin, name string) error {
 	t := s.t
-	p := &proc{name: name, log: &lockedBuffer{}, done: make(chan struct{})}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	log, err := s.logOf(name)
+	if err != nil {
+		return err
+	}
+	p := &proc{name: name, log: log, done: make(chan struct{})}
 	env := os.Environ()
 	for k, v := range s.Env {
 		env = append(env, k+"="+v)
@@ -187,11 +279,14 @@ func (s *Stack) start(bin, name string) {
 	p.cmd = exec.Command(filepath.Join(bin, name))
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{}
+	dieWithParent(p.cmd.SysProcAttr)
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
+		return fmt.Errorf("start %s: %w", name, err)
 	}
 	go func() { _ = p.cmd.Wait(); close(p.done) }()
 	s.procs[name] = p
+	return nil
 }
 
 func (s *Stack) waitReady(p *proc) {
@@ -220,7 +315,7 @@ func (s *Stack) waitReady(p *proc) {
 
 // Stop sends SIGTERM to one service and waits for it to exit.
 func (s *Stack) Stop(name string) {
-	p := s.procs[name]
+	p := s.proc(name)
 	if p == nil {
 		return
 	}
@@ -235,32 +330,113 @@ func (s *Stack) Stop(name string) {
 
 // Kill SIGKILLs one service.
 func (s *Stack) Kill(name string) {
-	if p := s.procs[name]; p != nil {
+	if p := s.proc(name); p != nil {
 		_ = p.cmd.Process.Kill()
 		<-p.done
+	}
+}
+
+// StartAgain starts a stopped or killed service again (on a new admin port) without waiting.
+func (s *Stack) StartAgain(name string) error { return s.startProc(binDir, name) }
+
+func (s *Stack) proc(name string) *proc {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.procs[name]
+}
+
+// Ready reports whether a service answers 200 on /readyz (false if it has exited).
+func (s *Stack) Ready(name string) bool {
+	p := s.proc(name)
+	if p == nil || p.admin == "" {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+	}
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + p.admin + "/readyz")
+	if err != nil {
+		return false
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+// Exited reports whether a service's process has ended.
+func (s *Stack) Exited(name string) bool {
+	p := s.proc(name)
+	if p == nil {
+		return true
+	}
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// ExitCode is the exit status of a service that has exited (-1 if killed by a signal or running).
+func (s *Stack) ExitCode(name string) int {
+	p := s.proc(name)
+	if p == nil || p.cmd.ProcessState == nil {
+		return -1
+	}
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	default:
+		return -1
 	}
 }
 
 // Restart starts a stopped or killed service again and waits until it is ready.
 func (s *Stack) Restart(name string) {
 	s.start(binDir, name)
-	if p := s.procs[name]; p.admin != "" {
+	if p := s.proc(name); p.admin != "" {
 		s.waitReady(p)
+	}
+}
+
+// KillAll SIGKILLs every service at once (an interrupted test has no time for more).
+func (s *Stack) KillAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.procs {
+		_ = p.cmd.Process.Kill()
 	}
 }
 
 // StopAll stops every service.
 func (s *Stack) StopAll() {
 	var wg sync.WaitGroup
+	s.mu.Lock()
+	names := make([]string, 0, len(s.procs))
 	for name := range s.procs {
+		names = append(names, name)
+	}
+	s.mu.Unlock()
+	for _, name := range names {
 		wg.Add(1)
 		go func() { defer wg.Done(); s.Stop(name) }()
 	}
 	wg.Wait()
 }
 
-// Log is everything a service printed so far.
-func (s *Stack) Log(name string) string { return s.procs[name].log.String() }
+// Log is everything a service printed so far (across its restarts when the stack has a LogDir).
+func (s *Stack) Log(name string) string {
+	s.mu.Lock()
+	l := s.logs[name]
+	s.mu.Unlock()
+	if l != nil {
+		return l.String()
+	}
+	return ""
+}
 
 // LogLines returns the JSON log lines of a service that contain every one of needles.
 func (s *Stack) LogLines(name string, needles ...string) []string {

@@ -8,9 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
-	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
@@ -48,49 +46,8 @@ func (c *calls) Routes() chi.Router {
 	return r
 }
 
-// Limits of POST /v1.0/calls.
-const (
-	maxDestinations  = 100
-	maxMetadataBytes = 8 << 10
-	maxDialTimeout   = 3600
-)
-
-var (
-	telTarget = regexp.MustCompile(`^\+[0-9]{7,15}$`)
-	sipTarget = regexp.MustCompile(`^[A-Za-z0-9!#$%&'*+\-.=?^_{|}~]{1,128}@[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:[0-9]{1,5})?$`)
-)
-
 func errCallNotFound() error {
 	return apierr.New(apierr.NotFound, callapi.ErrReasonCallNotFound, "call not found")
-}
-
-// validAddress checks an address at field (e.g. "destinations[0]").
-func validAddress(field string, a callapi.Address) error {
-	switch a.Type {
-	case callapi.AddressTel:
-		if !telTarget.MatchString(a.Target) {
-			return apierr.Invalid(field+".target", fmt.Sprintf("%q is not an E.164 number like +15551234567", a.Target))
-		}
-	case callapi.AddressSIP:
-		if !sipTarget.MatchString(a.Target) {
-			return apierr.Invalid(field+".target", fmt.Sprintf("%q is not a SIP target like alice@example.com[:5060]", a.Target))
-		}
-		if _, port, ok := strings.Cut(a.Target[strings.LastIndex(a.Target, "@"):], ":"); ok {
-			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-				return apierr.Invalid(field+".target", fmt.Sprintf("port %q is out of range", port))
-			}
-		}
-	case "":
-		return apierr.Invalid(field+".type", `is required: "tel" or "sip"`)
-	default:
-		return apierr.Invalid(field+".type", fmt.Sprintf(`%q is not "tel" or "sip"`, a.Type))
-	}
-	for name, v := range map[string]string{"target_name": a.TargetName, "name": a.Name, "detail": a.Detail} {
-		if utf8.RuneCountInString(v) > 255 {
-			return apierr.Invalid(field+"."+name, "must be at most 255 characters")
-		}
-	}
-	return nil
 }
 
 type createCallBody struct {
@@ -118,25 +75,14 @@ func (b createCallBody) request(id identity.Identity) (callapi.CreateRequest, er
 	if b.Source == nil {
 		return callapi.CreateRequest{}, apierr.Invalid("source", "is required")
 	}
-	if err := validAddress("source", *b.Source); err != nil {
+	req := callapi.CreateRequest{CustomerID: customer, Source: *b.Source, Destinations: b.Destinations,
+		Metadata: b.Metadata, Timeout: b.Timeout}
+	// The same checks as the call manager's (one definition in callapi): nothing a customer sets
+	// can put a control character into a SIP message.
+	if err := callapi.ValidateCreate(req); err != nil {
 		return callapi.CreateRequest{}, err
 	}
-	if len(b.Destinations) == 0 || len(b.Destinations) > maxDestinations {
-		return callapi.CreateRequest{}, apierr.Invalid("destinations", fmt.Sprintf("must hold 1 to %d addresses", maxDestinations))
-	}
-	for i, d := range b.Destinations {
-		if err := validAddress(fmt.Sprintf("destinations[%d]", i), d); err != nil {
-			return callapi.CreateRequest{}, err
-		}
-	}
-	if m, _ := json.Marshal(b.Metadata); len(m) > maxMetadataBytes {
-		return callapi.CreateRequest{}, apierr.Invalid("metadata", fmt.Sprintf("must be at most %d bytes of JSON", maxMetadataBytes))
-	}
-	if b.Timeout < 0 || b.Timeout > maxDialTimeout {
-		return callapi.CreateRequest{}, apierr.Invalid("timeout", fmt.Sprintf("must be 0 (the default) to %d seconds", maxDialTimeout))
-	}
-	return callapi.CreateRequest{CustomerID: customer, Source: *b.Source, Destinations: b.Destinations,
-		Metadata: b.Metadata, Timeout: b.Timeout}, nil
+	return req, nil
 }
 
 var idempotencyKey = regexp.MustCompile(`^[\x21-\x7e]{1,255}$`)

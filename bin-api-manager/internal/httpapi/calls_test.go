@@ -302,6 +302,18 @@ func TestBadInput(t *testing.T) {
 		{"second destination bad", "POST", "/v1.0/calls", callBody("+15557654321", "+1 555 765"), 400, "INVALID_ARGUMENT", "destinations[1].target"},
 		{"sip without host", "POST", "/v1.0/calls", sip("alice@"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
 		{"sip bad port", "POST", "/v1.0/calls", sip("alice@example.com:99999"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip port 0", "POST", "/v1.0/calls", sip("alice@example.com:0"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip user with quote", "POST", "/v1.0/calls", sip(`a"b@example.com`), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip host with CR LF", "POST", "/v1.0/calls", sip("alice@example.com\r\nRoute: <sip:x>"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"source name with CR LF (SIP header injection)", "POST", "/v1.0/calls", map[string]any{
+			"source":       map[string]string{"type": "tel", "target": "+15551230000", "name": "Alice\"\r\nP-Asserted-Identity: <sip:boss@evil>\r\nX: \""},
+			"destinations": []map[string]string{{"type": "tel", "target": "+15557654321"}}}, 400, "INVALID_ARGUMENT", "source.name"},
+		{"destination name with NUL", "POST", "/v1.0/calls", map[string]any{
+			"source":       map[string]string{"type": "tel", "target": "+15551230000"},
+			"destinations": []map[string]string{{"type": "sip", "target": "bob@example.com", "name": "Bob\u0000"}}}, 400, "INVALID_ARGUMENT", "destinations[0].name"},
+		{"target_name with LF", "POST", "/v1.0/calls", map[string]any{
+			"source":       map[string]string{"type": "tel", "target": "+15551230000", "target_name": "a\nb"},
+			"destinations": []map[string]string{{"type": "tel", "target": "+15557654321"}}}, 400, "INVALID_ARGUMENT", "source.target_name"},
 		{"unknown address type", "POST", "/v1.0/calls", map[string]any{"source": map[string]string{"type": "fax", "target": "+15551230000"}, "destinations": []map[string]string{{"type": "tel", "target": "+15557654321"}}}, 400, "INVALID_ARGUMENT", "source.type"},
 		{"negative timeout", "POST", "/v1.0/calls", map[string]any{"source": map[string]string{"type": "tel", "target": "+15551230000"}, "destinations": []map[string]string{{"type": "tel", "target": "+15557654321"}}, "timeout": -1}, 400, "INVALID_ARGUMENT", "timeout"},
 		{"bad UUID in path", "GET", "/v1.0/calls/not-a-uuid", nil, 400, "INVALID_ARGUMENT", "id"},

@@ -312,6 +312,9 @@ func TestInvalidRequestsAreRefusedBeforeAnything(t *testing.T) {
 		{"bad sip", callapi.CreateRequest{CustomerID: h.customerA, Source: tel("+15550000001"),
 			Destinations: []callapi.Address{{Type: "sip", Target: "bob"}}}, apierr.ReasonInvalidArgument, "destinations[0].target"},
 		{"no destinations", callapi.CreateRequest{CustomerID: h.customerA, Source: tel("+15550000001")}, apierr.ReasonInvalidArgument, "destinations"},
+		{"source name with CR LF", callapi.CreateRequest{CustomerID: h.customerA,
+			Source:       callapi.Address{Type: "tel", Target: "+15550000001", Name: "x\"\r\nP-Asserted-Identity: <sip:boss@evil>"},
+			Destinations: []callapi.Address{tel("+15550000002")}}, apierr.ReasonInvalidArgument, "source.name"},
 		{"no customer", callapi.CreateRequest{Source: tel("+15550000001"), Destinations: []callapi.Address{tel("+15550000002")}},
 			apierr.ReasonInvalidArgument, "customer_id"},
 	}
@@ -695,5 +698,43 @@ func TestRedisDownReadsAndWritesGoOnThroughMySQL(t *testing.T) {
 	}
 	if n := h.counter("call_cache_operations_total", map[string]string{"result": "error"}); n == 0 {
 		t.Fatal("no cache errors counted with Redis down")
+	}
+}
+
+// A call the reaper ends is dated the last moment it was known alive (the last probe that found
+// it live), not the moment it is reaped, and its duration (so its charge) follows from that.
+func TestReaperDatesTheEndByTheLastProbeThatFoundTheCallAlive(t *testing.T) {
+	probe := 30 * time.Second
+	h := newHarness(t, harnessOpts{})
+	c := h.create(h.customerA, tel("+15550000002"))[0]
+	answeredAt := h.clock.Now()
+	h.publishRTC(h.customerA, rtcapi.EventAnswered, rtcapi.Event{CallID: c.ID, NodeID: h.rtc.node, At: answeredAt})
+	h.waitEvents(c.ID, callapi.EventCreated, callapi.EventAnswered)
+
+	for range 2 { // two probes find the call live on its node
+		h.clock.Advance(probe)
+		before := h.rtcProbes()
+		testenv.Eventually(t, 10*time.Second, "a probe", func() bool { return h.rtcProbes() > before })
+	}
+	lastAlive := answeredAt.Add(2 * probe).UTC().Truncate(time.Microsecond)
+	testenv.Eventually(t, 10*time.Second, "the live probe recorded", func() bool {
+		return h.count("SELECT COUNT(*) FROM call_calls WHERE id = UNHEX(REPLACE(?, '-', '')) AND tm_alive = ?", c.ID, lastAlive.UTC()) == 1
+	})
+
+	h.stopNode() // the node dies: the next probes fail, and two in a row end the call
+	h.clock.Advance(probe)
+	testenv.Eventually(t, 10*time.Second, "a failed probe recorded", func() bool {
+		return h.count("SELECT probe_failures FROM call_calls WHERE id = UNHEX(REPLACE(?, '-', ''))", c.ID) == 1
+	})
+	h.clock.Advance(probe)
+	evs := h.waitEvents(c.ID, callapi.EventCreated, callapi.EventAnswered, callapi.EventEnded)
+	d := data(t, evs[2])
+	if d.HangupReason != callapi.ReasonFailed || d.TMHangup == nil || !d.TMHangup.Equal(lastAlive) || d.Duration != 60 {
+		t.Fatalf("call.ended = %s at %v duration %d; want failed at the last live probe %s (reaped at %s), duration 60",
+			d.HangupReason, d.TMHangup, d.Duration, lastAlive, h.clock.Now())
+	}
+	got, err := h.client.Get(context.Background(), h.customerA, c.ID)
+	if err != nil || got.Duration != 60 || !got.TMHangup.Equal(lastAlive) {
+		t.Fatalf("Get = %+v, %v; want duration 60, tm_hangup %s", got, err, lastAlive)
 	}
 }

@@ -41,6 +41,8 @@ type Call struct {
 	Version int64
 	// ProbeFailures counts consecutive failed liveness probes of the rtc node.
 	ProbeFailures int
+	// TMAlive is the last time a reaper's probe found the call live on its rtc node.
+	TMAlive *time.Time
 	// TMDeadline is when the reaper ends the call if rtc has not.
 	TMDeadline time.Time
 	// TMCheck is when the reaper looks at the call next; nil once it has ended.
@@ -237,6 +239,19 @@ func (c *Call) End(e Ending, now time.Time) bool {
 	c.TMCheck = nil
 	c.record(callapi.EventEnded, from, stamp(now))
 	return true
+}
+
+// LastKnownAlive is the last moment the call is known to have been up: its latest event (created,
+// ringing, answered) or the latest probe that found it live on its rtc node. A call the reaper has
+// to end ended no later than that; dating its end later would charge time nobody can vouch for.
+func (c *Call) LastKnownAlive() time.Time {
+	last := c.TMCreate
+	for _, t := range []*time.Time{c.TMRinging, c.TMProgressing, c.TMAlive} {
+		if t != nil && t.After(last) {
+			last = *t
+		}
+	}
+	return last
 }
 
 // Duration is the whole seconds from the answer to the hangup, 0 if never answered.

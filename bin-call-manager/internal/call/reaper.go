@@ -19,6 +19,8 @@ type DueStore interface {
 	ClaimDue(ctx context.Context, now, next time.Time, limit int) ([]*Call, error)
 	// SetProbeFailures records the count of consecutive failed liveness probes.
 	SetProbeFailures(ctx context.Context, id string, n int) error
+	// SetAlive records a probe that found the call live at time at (and no failed probes).
+	SetAlive(ctx context.Context, id string, at time.Time) error
 }
 
 // Reaper tuning.
@@ -52,7 +54,10 @@ func (s *Service) RunReaper(ctx context.Context, interval time.Duration) error {
 //     failed once the dial would long have been answered (2 × the RPC timeout);
 //   - otherwise the owning node is asked whether it still has the dialog; UNAVAILABLE (its queue
 //     is gone or it does not answer), DIALOG_NOT_FOUND or an ended dialog count as a failed probe,
-//     and ProbeStrikes in a row end the call as failed.
+//     and ProbeStrikes in a row end the call as failed; a probe that finds the dialog live
+//     records that moment as the call's last known alive.
+//
+// A call the reaper ends is dated the last moment it was known alive (Call.LastKnownAlive).
 //
 // Every end goes through the state machine under the row lock, so a call that ended meanwhile is
 // left alone and every call gets exactly one call.ended.
@@ -122,10 +127,8 @@ func (s *Service) reapOne(ctx context.Context, c *Call, now time.Time) bool {
 		}
 	}
 	if !failed {
-		if c.ProbeFailures > 0 {
-			if err := s.Due.SetProbeFailures(ctx, c.ID, 0); err != nil {
-				s.Log.WarnContext(ctx, "resetting the probe failures failed", "error", err)
-			}
+		if err := s.Due.SetAlive(ctx, c.ID, now); err != nil {
+			s.Log.WarnContext(ctx, "recording the live probe failed", "error", err)
 		}
 		return false
 	}
@@ -141,10 +144,13 @@ func (s *Service) reapOne(ctx context.Context, c *Call, now time.Time) bool {
 	return s.reapEnd(ctx, c, "node_gone", Ending{Reason: callapi.ReasonFailed, By: callapi.HangupByLocal, Cause: CauseTemporaryFailure})
 }
 
-// reapEnd ends a call for the reaper and reports whether this pass ended it.
+// reapEnd ends a call for the reaper and reports whether this pass ended it. The end is dated
+// the last moment the call was known alive, not the moment it is reaped: the duration and the
+// charge follow from what is known.
 func (s *Service) reapEnd(ctx context.Context, c *Call, why string, e Ending) bool {
 	var did bool
 	_, err := s.update(ctx, c.ID, func(cur *Call) error {
+		e.At = cur.LastKnownAlive()
 		if did = cur.End(e, s.now()); !did {
 			return ErrUnchanged
 		}

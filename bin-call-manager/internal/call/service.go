@@ -107,7 +107,7 @@ func (s *Service) rpcCtx(ctx context.Context) (context.Context, context.CancelFu
 // call.created in one transaction, then dial each. A call whose dial fails is ended (failed) at
 // once, so none stays dialing.
 func (s *Service) Create(ctx context.Context, req callapi.CreateRequest) ([]callapi.Call, error) {
-	if err := ValidateCreate(req); err != nil {
+	if err := callapi.ValidateCreate(req); err != nil {
 		return nil, err
 	}
 	ctx = telemetry.WithCustomerID(ctx, req.CustomerID)

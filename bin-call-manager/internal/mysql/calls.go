@@ -34,7 +34,7 @@ func NewCallStore(db *sql.DB) *CallStore {
 
 const columns = `id, customer_id, source, destination, status, direction, hangup_by, hangup_reason,
 hangup_cause, sip_code, duration, metadata, node_id, sip_call_id, dial_timeout, sequence, version,
-probe_failures, tm_create, tm_update, tm_ringing, tm_progressing, tm_hangup, tm_deadline, tm_check, tm_delete`
+probe_failures, tm_create, tm_update, tm_ringing, tm_progressing, tm_hangup, tm_deadline, tm_check, tm_delete, tm_alive`
 
 func binUUID(s string) ([]byte, error) {
 	u, err := uuid.Parse(s)
@@ -50,10 +50,10 @@ func scanCall(r scanner) (*call.Call, error) {
 	var c call.Call
 	var id, customer, source, destination, metadata []byte
 	var status string
-	var ringing, progressing, hangup, check, del sql.NullTime
+	var ringing, progressing, hangup, check, del, alive sql.NullTime
 	err := r.Scan(&id, &customer, &source, &destination, &status, &c.Direction, &c.HangupBy, &c.HangupReason,
 		&c.HangupCause, &c.SIPCode, &c.Duration, &metadata, &c.NodeID, &c.SIPCallID, &c.DialTimeout, &c.Sequence, &c.Version,
-		&c.ProbeFailures, &c.TMCreate, &c.TMUpdate, &ringing, &progressing, &hangup, &c.TMDeadline, &check, &del)
+		&c.ProbeFailures, &c.TMCreate, &c.TMUpdate, &ringing, &progressing, &hangup, &c.TMDeadline, &check, &del, &alive)
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +79,7 @@ func scanCall(r scanner) (*call.Call, error) {
 	}
 	c.TMCreate, c.TMUpdate, c.TMDeadline = c.TMCreate.UTC(), c.TMUpdate.UTC(), c.TMDeadline.UTC()
 	c.TMRinging, c.TMProgressing, c.TMHangup, c.TMCheck, c.TMDelete = ptr(ringing), ptr(progressing), ptr(hangup), ptr(check), ptr(del)
+	c.TMAlive = ptr(alive)
 	return &c, nil
 }
 
@@ -141,11 +142,11 @@ func (s *CallStore) insert(ctx context.Context, tx *sql.Tx, c *call.Call) error 
 		metadata = b
 	}
 	c.Version = 1
-	_, err = tx.ExecContext(ctx, "INSERT INTO call_calls ("+columns+") VALUES (?"+strings.Repeat(",?", 25)+")",
+	_, err = tx.ExecContext(ctx, "INSERT INTO call_calls ("+columns+") VALUES (?"+strings.Repeat(",?", 26)+")",
 		id, customer, source, destination, string(c.Status), c.Direction, c.HangupBy, c.HangupReason,
 		c.HangupCause, c.SIPCode, c.Duration, metadata, c.NodeID, c.SIPCallID, c.DialTimeout, c.Sequence, c.Version,
 		c.ProbeFailures, c.TMCreate, c.TMUpdate, null(c.TMRinging), null(c.TMProgressing), null(c.TMHangup),
-		c.TMDeadline, null(c.TMCheck), null(c.TMDelete))
+		c.TMDeadline, null(c.TMCheck), null(c.TMDelete), null(c.TMAlive))
 	if err != nil {
 		return fmt.Errorf("insert call: %w", err)
 	}
@@ -324,6 +325,20 @@ func (s *CallStore) ClaimDue(ctx context.Context, now, next time.Time, limit int
 		c.TMCheck = &check
 	}
 	return due, nil
+}
+
+// SetAlive records a probe that found the call live at time at, which also clears the failed
+// probes. Like the failures it is the reaper's own: the version and the cache do not change.
+func (s *CallStore) SetAlive(ctx context.Context, id string, at time.Time) error {
+	bid, err := binUUID(id)
+	if err != nil {
+		return call.ErrNotFound
+	}
+	if _, err := s.db.ExecContext(ctx, "UPDATE call_calls SET probe_failures = 0, tm_alive = GREATEST(COALESCE(tm_alive, ?), ?) WHERE id = ?",
+		at.UTC(), at.UTC(), bid); err != nil {
+		return fmt.Errorf("set alive: %w", err)
+	}
+	return nil
 }
 
 // SetProbeFailures records the consecutive failed liveness probes of a call.

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -38,6 +39,11 @@ const keyPrefix = "rtc"
 
 // drainTimeout bounds the graceful end of live dialogs at shutdown.
 const drainTimeout = 15 * time.Second
+
+// beatEvery is how often the node records that it is alive and checks that Redis still holds its
+// state (restoring it from memory if not). It bounds how early the end of a call is dated when its
+// node dies and the far end hangs up meanwhile.
+const beatEvery = time.Second
 
 func main() {
 	// `<binary> vars` prints the variables config.Load reads, as JSON (deploy/check uses it).
@@ -89,7 +95,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	})
 
 	store := cache.NewStore(rdb, keyPrefix, cfg.NodeID)
-	relay := rabbit.NewRelay(cache.NewOutbox(rdb, keyPrefix, cfg.NodeID), conn, log, reg)
+	relay := rabbit.NewRelay(store.Outbox(), conn, log, reg)
 	ua, err := sip.NewUA(sip.Params{ListenAddress: cfg.SIP.ListenAddress, ExternalAddress: cfg.SIP.ExternalAddress,
 		Username: cfg.SIP.TrunkUsername, Password: cfg.SIP.TrunkPassword,
 		RTPPortMin: cfg.SIP.RTPPortMin, RTPPortMax: cfg.SIP.RTPPortMax, Log: log, Registerer: reg})
@@ -125,6 +131,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	} else if n > 0 {
 		log.InfoContext(ctx, "ended dialogs left by a previous run", "count", n)
 	}
+	// The heartbeat starts after the reap, which dates the ends it records by the previous
+	// run's last beat. It runs as long as the relay: dialogs ended at shutdown are restored too.
+	beatDone := make(chan struct{})
+	go func() { defer close(beatDone); heartbeat(relayCtx, store, log) }()
 
 	work, workCtx := errgroup.WithContext(ctx)
 	work.Go(func() error { return shared.Run(workCtx) })
@@ -154,6 +164,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	cancelH()
 	stopRelay() // its last pass publishes the outcomes just recorded
 	<-relayDone
+	<-beatDone
 	stopSIP()
 	_ = ua.Close()
 	stopAdmin()
@@ -165,4 +176,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// heartbeat beats until ctx ends, logging a failure once per outage.
+func heartbeat(ctx context.Context, store *cache.Store, log *slog.Logger) {
+	t := time.NewTicker(beatEvery)
+	defer t.Stop()
+	failing := false
+	restored := store.Restored()
+	for {
+		err := store.Beat(ctx)
+		if n := store.Restored(); n > restored {
+			log.WarnContext(ctx, "Redis had lost this node's dialogs or events; written back from memory")
+			restored = n
+		}
+		switch {
+		case err != nil && !failing && ctx.Err() == nil:
+			log.WarnContext(ctx, "heartbeat failed; the node keeps its dialogs in memory and restores them when Redis is back", "error", err)
+			failing = true
+		case err == nil && failing:
+			log.InfoContext(ctx, "heartbeat recovered")
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -136,4 +137,135 @@ func TestStoreRedisDown(t *testing.T) {
 	if _, err := store.Get(ctx, "c"); err == nil || errors.Is(err, dialog.ErrNotFound) {
 		t.Errorf("Get() = %v, want a connection error", err)
 	}
+}
+
+// eventTypes reads the outbox as event types, oldest first.
+func eventTypes(t *testing.T, outbox *cache.Outbox) []string {
+	t.Helper()
+	raw, err := outbox.Peek(context.Background(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, b := range raw {
+		var ev event.Event
+		if err := json.Unmarshal(b, &ev); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev.EventType)
+	}
+	return out
+}
+
+// Redis restarting empty loses neither a live dialog nor its unpublished events: the next change
+// writes back what was lost first (so the end is not dropped, and the outbox keeps its order), and
+// the heartbeat does the same for a dialog nothing changes. A stale copy is replaced too.
+func TestStoreRestoresWhatRedisLost(t *testing.T) {
+	srv := testenv.PrivateRedis(t)
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { _ = rdb.Close() })
+	store := cache.NewStore(rdb, "rtc", "n1")
+	outbox := store.Outbox()
+	newDialog := func(id string) *dialog.Dialog {
+		d := &dialog.Dialog{CallID: id, CustomerID: "cust-1", NodeID: "n1", State: dialog.StateCalling,
+			DialTimeout: time.Minute, MaxDuration: time.Hour}
+		if err := store.Create(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	change := func(id string, fn func(d *dialog.Dialog) []dialog.Emitted) error {
+		_, err := store.Update(ctx, id, func(d *dialog.Dialog) ([]dialog.Emitted, error) { return fn(d), nil })
+		return err
+	}
+	ring := func(d *dialog.Dialog) []dialog.Emitted { return d.Ring(time.Now(), 180) }
+	answer := func(d *dialog.Dialog) []dialog.Emitted { return d.Answered(time.Now(), dialog.Answer{SIPCode: 200}) }
+	end := func(d *dialog.Dialog) []dialog.Emitted {
+		return d.Ended(time.Now(), dialog.End{SIPCode: 200, By: "remote"})
+	}
+	if err := store.Beat(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("a change after the loss", func(t *testing.T) {
+		newDialog("a")
+		for _, fn := range []func(*dialog.Dialog) []dialog.Emitted{ring, answer} {
+			if err := change("a", fn); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The relay published rtc.ringing; rtc.answered still waits when Redis goes.
+		raw, _ := outbox.Peek(ctx, 1)
+		if err := outbox.Remove(ctx, raw); err != nil {
+			t.Fatal(err)
+		}
+		srv.Restart()
+		if d, err := store.Get(ctx, "a"); err != nil || d.State != dialog.StateAnswered {
+			t.Fatalf("Get() after the loss = %+v, %v; want the answered dialog from memory", d, err)
+		}
+		if err := change("a", end); err != nil {
+			t.Fatalf("recording the end after the loss: %v", err)
+		}
+		if got, want := eventTypes(t, outbox), []string{rtcapi.EventAnswered, rtcapi.EventEnded}; fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("outbox = %v, want %v", got, want)
+		}
+		raw, _ = outbox.Peek(ctx, 10)
+		if err := outbox.Remove(ctx, raw); err != nil {
+			t.Fatal(err)
+		}
+		if n := store.Pending(); n != 0 {
+			t.Errorf("%d events still held after they were published", n)
+		}
+	})
+
+	t.Run("the heartbeat after the loss", func(t *testing.T) {
+		newDialog("b")
+		if err := change("b", ring); err != nil {
+			t.Fatal(err)
+		}
+		srv.Restart()
+		if err := store.Beat(ctx); err != nil {
+			t.Fatal(err)
+		}
+		d, err := cache.NewStore(rdb, "rtc", "n2").Get(ctx, "b") // another node reads Redis itself
+		if err != nil || d.State != dialog.StateRinging || d.Seq != 1 {
+			t.Fatalf("Get() by another node = %+v, %v; want the ringing dialog written back", d, err)
+		}
+		if live, _ := rdb.SMembers(ctx, "rtc:node:n1:live").Result(); fmt.Sprint(live) != "[b]" {
+			t.Errorf("live set = %v, want [b]", live)
+		}
+		if got := eventTypes(t, outbox); fmt.Sprint(got) != fmt.Sprint([]string{rtcapi.EventRinging}) {
+			t.Errorf("outbox = %v, want the unpublished ringing", got)
+		}
+	})
+
+	t.Run("a stale copy", func(t *testing.T) {
+		if err := change("b", answer); err != nil {
+			t.Fatal(err)
+		}
+		stale, _ := json.Marshal(dialog.Dialog{CallID: "b", CustomerID: "cust-1", NodeID: "n1", State: dialog.StateCalling})
+		rdb.Set(ctx, "rtc:dialog:b", stale, time.Hour)
+		if err := change("b", end); err != nil {
+			t.Fatal(err)
+		}
+		d, err := cache.NewStore(rdb, "rtc", "n2").Get(ctx, "b")
+		if err != nil || d.State != dialog.StateEnded || d.Seq != 3 || d.TMAnswered.IsZero() {
+			t.Fatalf("Get() = %+v, %v; want ended as sequence 3 after the answer", d, err)
+		}
+	})
+
+	t.Run("the heartbeat", func(t *testing.T) {
+		before := time.Now().Add(-time.Second)
+		if err := store.Beat(ctx); err != nil {
+			t.Fatal(err)
+		}
+		at, err := store.Alive(ctx, "n1")
+		if err != nil || at.Before(before) {
+			t.Errorf("Alive() = %s, %v; want about now", at, err)
+		}
+		if at, err := store.Alive(ctx, "never"); err != nil || !at.IsZero() {
+			t.Errorf("Alive(unknown) = %s, %v; want zero", at, err)
+		}
+	})
 }

@@ -6,7 +6,6 @@ package dialog
 
 import (
 	"errors"
-	"regexp"
 	"strings"
 	"time"
 
@@ -55,8 +54,11 @@ type Dialog struct {
 	State      State  `json:"state"`
 
 	// SIP identity and routing of the dialog.
-	SIPCallID    string   `json:"sip_call_id"`
-	RequestURI   string   `json:"request_uri"`
+	SIPCallID  string `json:"sip_call_id"`
+	RequestURI string `json:"request_uri"`
+	// Trunk says the dialog goes to the configured tel trunk: only such a dialog may answer a
+	// digest challenge with the trunk's credentials.
+	Trunk        bool     `json:"trunk,omitempty"`
 	Transport    string   `json:"transport"`
 	From         string   `json:"from"` // From header value, with our tag
 	To           string   `json:"to"`   // To header value, with the remote tag once answered
@@ -106,6 +108,8 @@ func (d *Dialog) Ring(at time.Time, sipCode int) []Emitted {
 
 // Answer is what a 2xx to the INVITE tells about the dialog.
 type Answer struct {
+	// At is when the 2xx arrived; zero means when it is recorded.
+	At           time.Time
 	SIPCode      int
 	To           string // To header value with the remote tag
 	RemoteTarget string
@@ -124,6 +128,9 @@ func (d *Dialog) Answered(at time.Time, a Answer) []Emitted {
 
 // End is how a dialog ended.
 type End struct {
+	// At is when the end happened (the BYE or final response arrived, or ours was sent); zero
+	// means when it is recorded. An end recorded late (the store was down) keeps this time.
+	At time.Time
 	// SIPCode is the INVITE's final status (200 for an answered call), 0 if there was none.
 	SIPCode int
 	By      string // callapi.HangupByLocal or HangupByRemote
@@ -187,50 +194,34 @@ func CauseFromSIP(code int) int {
 	return 127
 }
 
-var (
-	telTarget = regexp.MustCompile(`^\+[0-9]{7,15}$`)
-	sipTarget = regexp.MustCompile(`^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+@[A-Za-z0-9.\-]+(:[0-9]{1,5})?$`)
-)
-
 // Target is the Request-URI a destination is dialled at: a tel number through the trunk URI
-// template ({number} replaced), a sip address directly.
+// template ({number} replaced), a sip address directly. The address is checked as callapi checks
+// it at the API, so a dial request that bypassed the API cannot smuggle anything into the URI.
 func Target(dst callapi.Address, trunkURI string) (string, error) {
-	switch dst.Type {
-	case callapi.AddressTel:
-		if !telTarget.MatchString(dst.Target) {
-			return "", apierr.Invalid("destination.target", "must be an E.164 number like +15550100")
-		}
-		return strings.ReplaceAll(trunkURI, "{number}", dst.Target), nil
-	case callapi.AddressSIP:
-		t := strings.TrimPrefix(dst.Target, "sip:")
-		if !sipTarget.MatchString(t) {
-			return "", apierr.Invalid("destination.target", "must be a SIP address like user@host[:port]")
-		}
-		return "sip:" + t, nil
+	if err := callapi.ValidateAddress("destination", dst); err != nil {
+		return "", err
 	}
-	return "", apierr.Invalid("destination.type", "must be tel or sip")
+	if dst.Type == callapi.AddressTel {
+		return strings.ReplaceAll(trunkURI, "{number}", dst.Target), nil
+	}
+	return "sip:" + dst.Target, nil
 }
 
 // FromUser is the user part of the From header for a source address: the number for tel, the
 // user for sip, "anonymous" when none is given.
 func FromUser(src callapi.Address) (string, error) {
-	switch src.Type {
-	case "":
+	if src.Type == "" {
 		return "anonymous", nil
-	case callapi.AddressTel:
-		if !telTarget.MatchString(src.Target) {
-			return "", apierr.Invalid("source.target", "must be an E.164 number like +15550100")
-		}
-		return src.Target, nil
-	case callapi.AddressSIP:
-		t := strings.TrimPrefix(src.Target, "sip:")
-		if !sipTarget.MatchString(t) {
-			return "", apierr.Invalid("source.target", "must be a SIP address like user@host[:port]")
-		}
-		user, _, _ := strings.Cut(t, "@")
-		return user, nil
 	}
-	return "", apierr.Invalid("source.type", "must be tel or sip")
+	// Only the target matters here; Validate checks the whole address.
+	if err := callapi.ValidateAddress("source", callapi.Address{Type: src.Type, Target: src.Target}); err != nil {
+		return "", err
+	}
+	if src.Type == callapi.AddressTel {
+		return src.Target, nil
+	}
+	user, _, _ := callapi.SplitSIPTarget(src.Target)
+	return user, nil
 }
 
 // Validate checks a dial request before anything is sent.
@@ -247,7 +238,12 @@ func Validate(req rtcapi.DialRequest) error {
 	if req.MaxDuration < 0 || req.MaxDuration > 86400 {
 		return apierr.Invalid("max_duration", "must be 0 (default) to 86400 seconds")
 	}
-	if _, err := FromUser(req.Source); err != nil {
+	if req.Source.Type != "" { // no source: an anonymous call
+		if err := callapi.ValidateAddress("source", req.Source); err != nil {
+			return err
+		}
+	}
+	if err := callapi.ValidateAddress("destination", req.Destination); err != nil {
 		return err
 	}
 	return nil

@@ -87,7 +87,8 @@ func TestTarget(t *testing.T) {
 	}{
 		{"tel through the trunk", callapi.Address{Type: "tel", Target: "+15550001111"}, "sip:+15550001111@127.0.0.1:5080", false},
 		{"sip direct", callapi.Address{Type: "sip", Target: "alice@example.com:5070"}, "sip:alice@example.com:5070", false},
-		{"sip with scheme", callapi.Address{Type: "sip", Target: "sip:alice@example.com"}, "sip:alice@example.com", false},
+		{"sip with scheme", callapi.Address{Type: "sip", Target: "sip:alice@example.com"}, "", true},
+		{"sip name with CR LF", callapi.Address{Type: "sip", Target: "alice@example.com", Name: "x\r\nVia: y"}, "", true},
 		{"tel too short", callapi.Address{Type: "tel", Target: "+1555"}, "", true},
 		{"tel without plus", callapi.Address{Type: "tel", Target: "15550001111"}, "", true},
 		{"tel with letters", callapi.Address{Type: "tel", Target: "+1555000111a"}, "", true},
@@ -125,6 +126,11 @@ func TestValidate(t *testing.T) {
 		{"negative timeout", func(r *rtcapi.DialRequest) { r.DialTimeout = -1 }, "dial_timeout"},
 		{"huge max duration", func(r *rtcapi.DialRequest) { r.MaxDuration = 1 << 30 }, "max_duration"},
 		{"bad source", func(r *rtcapi.DialRequest) { r.Source = callapi.Address{Type: "sip", Target: "x"} }, "source.target"},
+		{"source name with CR LF", func(r *rtcapi.DialRequest) {
+			r.Source = callapi.Address{Type: "tel", Target: "+15550001111", Name: "Evil\"\r\nRoute: <sip:x>"}
+		}, "source.name"},
+		{"destination name with NUL", func(r *rtcapi.DialRequest) { r.Destination.Name = "a\x00" }, "destination.name"},
+		{"bad destination", func(r *rtcapi.DialRequest) { r.Destination.Target = "+1" }, "destination.target"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,6 +24,8 @@ type Store interface {
 	Get(ctx context.Context, callID string) (*Dialog, error)
 	// Live lists the call ids of a node's dialogs that have not ended.
 	Live(ctx context.Context, nodeID string) ([]string, error)
+	// Alive is when a node was last known alive (its last heartbeat); zero if unknown.
+	Alive(ctx context.Context, nodeID string) (time.Time, error)
 }
 
 // ErrExists is returned by Store.Create for a call id that already has a dialog.
@@ -37,9 +39,10 @@ type Phone interface {
 	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after) and waits until
 	// it has ended; false if it runs no such dialog.
 	Hangup(ctx context.Context, callID string) (bool, error)
-	// EndStateless ends a dialog from its stored state alone (its node died) and returns the SIP
-	// code to record.
-	EndStateless(ctx context.Context, d Dialog) (int, error)
+	// EndStateless ends a dialog from its stored state alone (its node died) and returns how it
+	// ended: By remote when the peer answers that it has no such dialog any more (it hung up
+	// while nobody listened), local otherwise. At is left to the caller.
+	EndStateless(ctx context.Context, d Dialog) (End, error)
 }
 
 // Forwarder reaches the node that owns a dialog.
@@ -104,7 +107,7 @@ func (s *Service) Dial(ctx context.Context, req rtcapi.DialRequest) (rtcapi.Dial
 	}
 	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, req.CustomerID), req.CallID)
 	d := &Dialog{CallID: req.CallID, CustomerID: req.CustomerID, NodeID: s.nodeID, State: StateCalling,
-		RequestURI: target, DialTimeout: s.dialTimeout, MaxDuration: s.maxDuration, TMCreate: s.now().UTC()}
+		RequestURI: target, Trunk: req.Destination.Type == callapi.AddressTel, DialTimeout: s.dialTimeout, MaxDuration: s.maxDuration, TMCreate: s.now().UTC()}
 	if req.DialTimeout > 0 {
 		d.DialTimeout = time.Duration(req.DialTimeout) * time.Second
 	}
@@ -135,19 +138,32 @@ func (s *Service) Start(ctx context.Context, d *Dialog) error {
 	return nil
 }
 
+// Every change is stamped with the time it happened, taken before the store is tried: a change
+// recorded late, after the store came back, still says when it happened.
+
 // Ringing records a 180/183 (Progress).
 func (s *Service) Ringing(ctx context.Context, callID string, code int) {
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ring(s.now(), code), nil })
+	at := s.now()
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ring(at, code), nil })
 }
 
 // Answered records the 2xx (Progress).
 func (s *Service) Answered(ctx context.Context, callID string, a Answer) {
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Answered(s.now(), a), nil })
+	at := s.factTime(a.At)
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Answered(at, a), nil })
 }
 
 // Ended records the end of the dialog (Progress).
 func (s *Service) Ended(ctx context.Context, callID string, e End) {
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ended(s.now(), e), nil })
+	at := s.factTime(e.At)
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ended(at, e), nil })
+}
+
+func (s *Service) factTime(at time.Time) time.Time {
+	if at.IsZero() {
+		return s.now()
+	}
+	return at
 }
 
 // CSeq records the CSeq of a request sent in the dialog, so another node continues above it.
@@ -206,14 +222,38 @@ func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) 
 	return s.takeOver(ctx, d)
 }
 
-// takeOver ends a dialog no process runs any more.
+// takeOver ends a dialog no process runs any more. What is known of its end is recorded, and no
+// more: a peer that says it has no such dialog hung up while nobody listened (by remote), a peer
+// that does not answer may have too; either way the call is known alive only until its node's
+// last heartbeat, and that is its end time. Only a peer that accepts our BYE or CANCEL was still
+// in the call, which then ends now, by us.
 func (s *Service) takeOver(ctx context.Context, d *Dialog) error {
-	code, err := s.phone.EndStateless(ctx, *d)
-	if err != nil {
-		s.log.WarnContext(ctx, "ending an orphaned dialog over SIP failed; recording it ended", "error", err)
+	e, err := s.phone.EndStateless(ctx, *d)
+	e.At = s.now()
+	if err != nil || e.By == callapi.HangupByRemote {
+		if err != nil {
+			s.log.WarnContext(ctx, "ending an orphaned dialog over SIP failed; recording it ended", "error", err)
+		}
+		alive, aerr := s.store.Alive(ctx, d.NodeID)
+		if aerr != nil {
+			s.log.WarnContext(ctx, "reading when the dialog's node was last alive failed; ending it now", "error", aerr)
+		}
+		last := d.TMCreate
+		for _, t := range []time.Time{d.TMRinging, d.TMAnswered, alive} {
+			if t.After(last) {
+				last = t
+			}
+		}
+		if last.Before(e.At) {
+			e.At = last
+		}
 	}
+	if e.By == "" {
+		e.By = callapi.HangupByLocal
+	}
+	s.log.InfoContext(ctx, "ending an orphaned dialog", "by", e.By, "sip_code", e.SIPCode, "at", e.At)
 	_, err = s.store.Update(ctx, d.CallID, func(cur *Dialog) ([]Emitted, error) {
-		return cur.Ended(s.now(), End{SIPCode: code, By: callapi.HangupByLocal}), nil
+		return cur.Ended(e.At, e), nil
 	})
 	if err != nil {
 		return fmt.Errorf("record end of %s: %w", d.CallID, err)

@@ -19,6 +19,9 @@ type memStore struct {
 	dialogs map[string]Dialog
 	events  []Emitted
 	fail    int // Update fails this many more times
+	// down runs on each failed Update (a test advances its clock: time passes while it is down).
+	down  func()
+	alive map[string]time.Time // nodes' last heartbeats
 }
 
 func newMemStore(ds ...Dialog) *memStore {
@@ -44,6 +47,9 @@ func (s *memStore) Update(_ context.Context, id string, fn func(*Dialog) ([]Emit
 	defer s.mu.Unlock()
 	if s.fail > 0 {
 		s.fail--
+		if s.down != nil {
+			s.down()
+		}
 		return nil, errors.New("store down")
 	}
 	d, ok := s.dialogs[id]
@@ -81,6 +87,12 @@ func (s *memStore) Live(_ context.Context, node string) ([]string, error) {
 	return ids, nil
 }
 
+func (s *memStore) Alive(_ context.Context, node string) (time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.alive[node], nil
+}
+
 func (s *memStore) ended() []rtcapi.Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -99,6 +111,7 @@ type fakePhone struct {
 	hungUp    []string
 	stateless []string
 	callErr   error
+	peerGone  bool // the peer answers a stateless BYE with 481
 }
 
 func (p *fakePhone) Call(ctx context.Context, d *Dialog, _ callapi.Address, pr Progress) error {
@@ -117,12 +130,15 @@ func (p *fakePhone) Hangup(_ context.Context, id string) (bool, error) {
 	return false, nil
 }
 
-func (p *fakePhone) EndStateless(_ context.Context, d Dialog) (int, error) {
+func (p *fakePhone) EndStateless(_ context.Context, d Dialog) (End, error) {
 	p.stateless = append(p.stateless, d.CallID)
 	if d.State == StateAnswered {
-		return 200, nil
+		if p.peerGone {
+			return End{SIPCode: 200, By: callapi.HangupByRemote}, nil
+		}
+		return End{SIPCode: 200, By: callapi.HangupByLocal}, nil
 	}
-	return 487, nil
+	return End{SIPCode: 487, By: callapi.HangupByLocal}, nil
 }
 
 type fakeForward struct {
@@ -218,8 +234,16 @@ func TestDial(t *testing.T) {
 		t.Fatalf("Dial() = %+v, %v", got, err)
 	}
 	d, _ := store.Get(context.Background(), "c1")
-	if d.RequestURI != "sip:+15550001111@127.0.0.1:5080" || d.DialTimeout != 5*time.Second || d.MaxDuration != time.Hour || d.State != StateCalling {
+	if d.RequestURI != "sip:+15550001111@127.0.0.1:5080" || !d.Trunk || d.DialTimeout != 5*time.Second || d.MaxDuration != time.Hour || d.State != StateCalling {
 		t.Errorf("stored dialog = %+v", d)
+	}
+	// A sip destination is not the trunk: its dialog may not use the trunk's credentials.
+	if _, err := svc.Dial(context.Background(), rtcapi.DialRequest{CallID: "c3", CustomerID: "cust",
+		Destination: callapi.Address{Type: "sip", Target: "bob@example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := store.Get(context.Background(), "c3"); d.Trunk || d.RequestURI != "sip:bob@example.com" {
+		t.Errorf("stored sip dialog = %+v, want Trunk false", d)
 	}
 	// The same dial again (a redelivery) answers the same.
 	if again, err := svc.Dial(context.Background(), req); err != nil || again != got {
@@ -241,6 +265,68 @@ func TestRecordRetriesUntilStored(t *testing.T) {
 	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: "remote"})
 	if ended := store.ended(); len(ended) != 1 {
 		t.Fatalf("ended events = %+v, want one after the store came back", ended)
+	}
+}
+
+// An event carries the time its fact happened, not the time the store finally took it: the
+// store is down for 3 s (of the service's clock) before each change lands.
+func TestEventsCarryFactTime(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	clock := t0
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateCalling})
+	store.down = func() { mu.Lock(); clock = clock.Add(time.Second); mu.Unlock() }
+	svc := newService(store, &fakePhone{}, nil)
+	svc.now = now
+
+	store.fail = 3
+	svc.Ringing(context.Background(), "c", 180) // at t0, stored at t0+3s
+	store.fail = 3
+	answeredAt := now().Add(-500 * time.Millisecond) // the 2xx arrived half a second before the call
+	svc.Answered(context.Background(), "c", Answer{At: answeredAt, SIPCode: 200})
+	store.fail = 3
+	byeAt := now()
+	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: callapi.HangupByRemote}) // no At: now, before the store is tried
+
+	if got := len(store.events); got != 3 {
+		t.Fatalf("%d events, want 3", got)
+	}
+	for i, want := range []time.Time{t0, answeredAt, byeAt} {
+		if got := store.events[i].Data.At; !got.Equal(want) {
+			t.Errorf("%s at %s, want the fact time %s (stored at %s)", store.events[i].Type, got, want, now())
+		}
+	}
+}
+
+// A dialog left by a dead node whose peer answers the stateless BYE with 481 had been hung up by
+// the peer while nobody listened: it ends by remote, at the node's last heartbeat.
+func TestTakeOverRecordsWhatIsKnown(t *testing.T) {
+	answered := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	lastBeat := answered.Add(2 * time.Second)
+	tests := []struct {
+		name     string
+		peerGone bool
+		wantBy   string
+		wantAt   time.Time
+	}{
+		{"peer already hung up", true, callapi.HangupByRemote, lastBeat},
+		{"peer still in the call", false, callapi.HangupByLocal, answered.Add(time.Minute)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := newMemStore(Dialog{CallID: "c", NodeID: "dead", State: StateAnswered, TMCreate: answered.Add(-time.Second), TMAnswered: answered})
+			store.alive = map[string]time.Time{"dead": lastBeat}
+			svc := newService(store, &fakePhone{peerGone: tt.peerGone}, nil)
+			svc.now = func() time.Time { return answered.Add(time.Minute) }
+			if err := svc.Hangup(context.Background(), "c", true); err != nil {
+				t.Fatal(err)
+			}
+			ended := store.ended()
+			if len(ended) != 1 || ended[0].By != tt.wantBy || !ended[0].At.Equal(tt.wantAt) {
+				t.Fatalf("ended = %+v, want by %s at %s", ended, tt.wantBy, tt.wantAt)
+			}
+		})
 	}
 }
 

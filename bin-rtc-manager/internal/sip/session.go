@@ -23,6 +23,7 @@ type session struct {
 	ua          *UA
 	ctx         context.Context // carries customer and call ids; ends at UA Close
 	callID      string
+	trunk       bool // the dialog goes to the tel trunk: its credentials may answer challenges
 	sess        *sipgo.DialogClientSession
 	rtp         net.PacketConn
 	p           dialog.Progress
@@ -48,6 +49,9 @@ func (s *session) run() {
 	if end == nil { // answered
 		end = s.talk()
 	}
+	if end.At.IsZero() {
+		end.At = time.Now() // the moment the end became known, however late it is recorded
+	}
 	s.p.Ended(s.ctx, s.callID, *end)
 	s.ua.outcomes.WithLabelValues(end.By, strconv.Itoa(end.SIPCode)).Inc()
 	s.ua.log.InfoContext(s.ctx, "dialog ended", "by", end.By, "sip_code", end.SIPCode, "reason", end.Reason)
@@ -69,22 +73,29 @@ func (s *session) dial() *dialog.End {
 		}
 	}()
 
-	err := s.sess.WaitAnswer(dctx, sipgo.AnswerOptions{
-		Username: s.ua.p.Username, Password: s.ua.p.Password,
+	opts := sipgo.AnswerOptions{
 		OnResponse: func(res *sip.Response) error {
 			if res.StatusCode == 180 || res.StatusCode == 183 {
 				s.p.Ringing(s.ctx, s.callID, res.StatusCode)
 			}
 			return nil
 		},
-	})
+	}
+	// The trunk's credentials answer only the trunk: any other server that challenges would get
+	// a digest over its own nonce, crackable offline. Without them a 401/407 ends the dial.
+	if s.trunk {
+		opts.Username, opts.Password = s.ua.p.Username, s.ua.p.Password
+	}
+	err := s.sess.WaitAnswer(dctx, opts)
 	res := s.sess.InviteResponse
 	if err == nil || (res != nil && res.IsSuccess()) {
+		answered := answerOf(res)
+		answered.At = time.Now()
 		// Answered, possibly just as we cancelled: ACK it, then hang up if that was asked.
 		if aerr := s.sess.Ack(s.ctx); aerr != nil {
 			s.ua.log.WarnContext(s.ctx, "sending ACK failed", "error", aerr)
 		}
-		s.p.Answered(s.ctx, s.callID, answerOf(res))
+		s.p.Answered(s.ctx, s.callID, answered)
 		if err != nil {
 			cause := context.Cause(dctx)
 			return s.bye(reasonOf(cause))
@@ -135,13 +146,14 @@ func (s *session) talk() *dialog.End {
 
 // bye ends an answered dialog from our side.
 func (s *session) bye(reason string) *dialog.End {
+	at := time.Now() // the call ends when we decide so, not when the far end confirms
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 10*time.Second)
 	defer cancel()
 	if err := s.sess.Bye(ctx); err != nil {
 		s.ua.log.WarnContext(s.ctx, "BYE failed; the dialog is over on our side", "error", err)
 	}
 	s.p.CSeq(s.ctx, s.callID, s.sess.CSEQ())
-	return &dialog.End{SIPCode: 200, By: callapi.HangupByLocal, Reason: reason}
+	return &dialog.End{At: at, SIPCode: 200, By: callapi.HangupByLocal, Reason: reason}
 }
 
 // answerOf takes what a node needs to send a BYE later from the 2xx.

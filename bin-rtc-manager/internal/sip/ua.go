@@ -1,6 +1,6 @@
 // Package sip is the rtc manager's SIP user agent, on emiago/sipgo. It listens on UDP and TCP,
 // dials outbound calls (an INVITE with a PCMU/PCMA SDP offer on a real local RTP port, digest
-// authentication when the far end asks and credentials are set), runs each dialog in its own
+// authentication on dialogs to the trunk when it asks and credentials are set), runs each dialog in its own
 // goroutine — ringing, answer and ACK, dial timeout with CANCEL, max duration with BYE, remote
 // BYE, local hang-up — and reports every step to the dialog service, which persists it. It can
 // also end, from its stored state alone, a dialog that a dead node dialled.
@@ -34,7 +34,8 @@ type Params struct {
 	// ExternalAddress is put in Contact, Via and SDP; empty means the bound listen address (which
 	// must then not be a wildcard).
 	ExternalAddress string
-	// Username and Password answer digest challenges when set.
+	// Username and Password answer digest challenges when set, on dialogs to the trunk
+	// (dialog.Dialog.Trunk) only.
 	Username, Password string
 	// RTPPortMin and RTPPortMax bound the local RTP ports.
 	RTPPortMin, RTPPortMax int
@@ -214,12 +215,21 @@ var errDraining = apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable
 // Call builds and sends the INVITE for d, after p.Start has persisted d, and runs the dialog.
 func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p dialog.Progress) error {
 	var ruri sip.Uri
-	if err := sip.ParseUri(d.RequestURI, &ruri); err != nil || ruri.Host == "" {
+	if err := sip.ParseUri(d.RequestURI, &ruri); err != nil || !validHost(ruri.Host) {
 		return apierr.Invalid("destination.target", "is not a valid SIP URI")
 	}
 	fromUser, err := dialog.FromUser(src)
 	if err != nil {
 		return err
+	}
+	// Encoded here whatever the callers checked (see encode.go).
+	if fromUser, err = sipUser(fromUser); err != nil {
+		return apierr.Invalid("source.target", err.Error())
+	}
+	if ruri.User != "" {
+		if ruri.User, err = sipUser(ruri.User); err != nil {
+			return apierr.Invalid("destination.target", err.Error())
+		}
 	}
 	transport := "UDP"
 	if t, ok := ruri.UriParams.Get("transport"); ok {
@@ -240,7 +250,7 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 	req.SetTransport(transport)
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Host: u.extHost, Port: u.extPort, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranchN(16))
-	from := &sip.FromHeader{DisplayName: src.Name, Address: sip.Uri{Scheme: "sip", User: fromUser, Host: u.extHost}, Params: sip.NewParams()}
+	from := &sip.FromHeader{DisplayName: displayName(src.Name), Address: sip.Uri{Scheme: "sip", User: fromUser, Host: u.extHost}, Params: sip.NewParams()}
 	from.Params.Add("tag", sip.GenerateTagN(16))
 	to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: ruri.User, Host: ruri.Host, Port: ruri.Port}, Params: sip.NewParams()}
 	callID := sip.CallIDHeader(sip.GenerateTagN(32))
@@ -266,7 +276,7 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 	d.SIPCallID, d.Transport = string(callID), transport
 	d.From, d.To, d.InviteVia, d.CSeq = from.Value(), to.Value(), via.Value(), 1
 
-	s := &session{ua: u, callID: d.CallID, rtp: rtp, hangup: make(chan struct{}), done: make(chan struct{}),
+	s := &session{ua: u, callID: d.CallID, trunk: d.Trunk, rtp: rtp, hangup: make(chan struct{}), done: make(chan struct{}),
 		dialTimeout: d.DialTimeout, maxDuration: d.MaxDuration, p: p}
 	s.ctx = telemetry.WithCallID(telemetry.WithCustomerID(u.base, d.CustomerID), d.CallID)
 	if rid := telemetry.RequestID(ctx); rid != "" {
@@ -363,33 +373,40 @@ func (u *UA) HangupAll(ctx context.Context) error {
 
 // EndStateless ends a dialog from its stored state: a BYE (in its own transaction, from this
 // node) once answered, else a CANCEL matching the dead node's INVITE. It returns the SIP code to
-// record: 200 for an answered dialog, 487 for a cancelled one.
-func (u *UA) EndStateless(ctx context.Context, d dialog.Dialog) (int, error) {
+// record (200 for an answered dialog, 487 for a cancelled one) and who ended the dialog: remote
+// when the peer answers the BYE with 481 (it had already ended the dialog, with a BYE the dead
+// node never saw), local otherwise.
+func (u *UA) EndStateless(ctx context.Context, d dialog.Dialog) (dialog.End, error) {
 	if d.State == dialog.StateAnswered {
+		end := dialog.End{SIPCode: 200, By: callapi.HangupByLocal}
 		bye, err := statelessBye(d)
 		if err != nil {
-			return 200, err
+			return end, err
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		res, err := u.cli.Do(cctx, bye)
-		if err != nil {
-			return 200, fmt.Errorf("BYE: %w", err)
+		switch {
+		case err != nil:
+			return end, fmt.Errorf("BYE: %w", err)
+		case res.StatusCode == 481:
+			end.By = callapi.HangupByRemote
+			return end, nil
+		case res.StatusCode >= 300:
+			return end, fmt.Errorf("BYE answered %d", res.StatusCode)
 		}
-		if res.StatusCode >= 300 && res.StatusCode != 481 {
-			return 200, fmt.Errorf("BYE answered %d", res.StatusCode)
-		}
-		return 200, nil
+		return end, nil
 	}
+	end := dialog.End{SIPCode: 487, By: callapi.HangupByLocal}
 	cancelReq, err := statelessCancel(d)
 	if err != nil {
-		return 487, err
+		return end, err
 	}
 	// The answer goes to the dead node's Via: send and forget.
 	if err := u.cli.WriteRequest(cancelReq); err != nil {
-		return 487, fmt.Errorf("CANCEL: %w", err)
+		return end, fmt.Errorf("CANCEL: %w", err)
 	}
-	return 487, nil
+	return end, nil
 }
 
 // ---- incoming requests ---------------------------------------------------------------------------

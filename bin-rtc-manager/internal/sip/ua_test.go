@@ -3,6 +3,7 @@ package sip_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -102,10 +103,16 @@ func newUA(t *testing.T, user, pass string) *sip.UA {
 
 func dial(t *testing.T, ua *sip.UA, uri string, dialTimeout, maxDuration time.Duration) (*recorder, string) {
 	t.Helper()
+	return dialTo(t, ua, uri, false, dialTimeout, maxDuration)
+}
+
+// dialTo dials uri; trunk marks the dialog as one to the tel trunk.
+func dialTo(t *testing.T, ua *sip.UA, uri string, trunk bool, dialTimeout, maxDuration time.Duration) (*recorder, string) {
+	t.Helper()
 	r := &recorder{}
 	id := testenv.Name("call")
 	d := &dialog.Dialog{CallID: id, CustomerID: "c1", NodeID: "n1", State: dialog.StateCalling, RequestURI: uri,
-		DialTimeout: dialTimeout, MaxDuration: maxDuration}
+		Trunk: trunk, DialTimeout: dialTimeout, MaxDuration: maxDuration}
 	if err := ua.Call(context.Background(), d, callapi.Address{Type: "tel", Target: "+15550001111", Name: "Alice"}, r); err != nil {
 		t.Fatalf("Call: %v", err)
 	}
@@ -190,7 +197,7 @@ func TestDigestAuthentication(t *testing.T) {
 	t.Parallel()
 	ua := newUA(t, "trunkuser", "s3cret")
 	peer := siptest.StartSipp(t, "uas_auth.xml", false)
-	r, id := dial(t, ua, "sip:+15550003333@"+peer.Addr, 30*time.Second, time.Hour)
+	r, id := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, true, 30*time.Second, time.Hour)
 	testenv.Eventually(t, 10*time.Second, "answer after the challenge", func() bool { return r.has("answered 200") })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -200,11 +207,50 @@ func TestDigestAuthentication(t *testing.T) {
 	peer.Wait(t, 10*time.Second)
 }
 
+// A sip destination that challenges gets no digest: the trunk's credentials answer the trunk only,
+// and the dial ends with the 401. The same challenge from the trunk is answered.
+func TestTrunkCredentialsAnswerOnlyTheTrunk(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name     string
+		trunk    bool
+		scenario string
+		want     string
+		wantAuth bool
+	}{
+		{"sip destination: no credentials", false, "uas_challenge.xml", `ended 401 by remote reason ""`, false},
+		{"tel trunk: credentials", true, "uas_auth.xml", "answered 200", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ua := newUA(t, "trunkuser", "s3cret")
+			peer := siptest.StartSippCapture(t, tt.scenario, false)
+			r, id := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, tt.trunk, 30*time.Second, time.Hour)
+			testenv.Eventually(t, 10*time.Second, tt.want, func() bool { return r.has(tt.want) })
+			if tt.trunk {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if _, err := ua.Hangup(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			peer.Wait(t, 10*time.Second)
+			log := peer.Messages(t)
+			if got := strings.Contains(log, "Authorization:"); got != tt.wantAuth {
+				t.Errorf("an Authorization header was sent: %v, want %v\n%s", got, tt.wantAuth, log)
+			}
+			if got := strings.Contains(log, "trunkuser"); got != tt.wantAuth {
+				t.Errorf("the trunk username was sent: %v, want %v", got, tt.wantAuth)
+			}
+		})
+	}
+}
+
 func TestDigestWrongPasswordFails(t *testing.T) {
 	t.Parallel()
 	ua := newUA(t, "trunkuser", "wrong")
 	peer := siptest.StartSipp(t, "uas_auth.xml", false)
-	r, _ := dial(t, ua, "sip:+15550003333@"+peer.Addr, 30*time.Second, time.Hour)
+	r, _ := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, true, 30*time.Second, time.Hour)
 	testenv.Eventually(t, 10*time.Second, "the dial to fail", r.ended)
 	if want := `ended 403 by remote reason ""`; !r.has(want) {
 		t.Errorf("steps = %q, want %q", r.got(), want)
@@ -228,12 +274,18 @@ func TestEndStatelessBye(t *testing.T) {
 	r.mu.Unlock()
 	other := newUA(t, "", "")
 	t.Logf("other UA at %s", other.Addr())
-	code, err := other.EndStateless(context.Background(), d)
-	if err != nil || code != 200 {
-		t.Fatalf("EndStateless() = %d, %v; want 200, nil", code, err)
+	end, err := other.EndStateless(context.Background(), d)
+	if err != nil || end.SIPCode != 200 || end.By != callapi.HangupByLocal {
+		t.Fatalf("EndStateless() = %+v, %v; want 200 by local", end, err)
 	}
 	// The BYE ended the dialog at the peer.
 	testenv.Eventually(t, 5*time.Second, "the peer to hang up", func() bool { return peer.Active() == 0 })
+	// A dialog the peer has already ended (481) was ended by the peer, not by us.
+	d.CSeq++
+	end, err = other.EndStateless(context.Background(), d)
+	if err != nil || end.By != callapi.HangupByRemote {
+		t.Fatalf("EndStateless() of a dialog the peer ended = %+v, %v; want by remote", end, err)
+	}
 }
 
 func startCarrier(t *testing.T) *carrier.Server {

@@ -21,6 +21,7 @@ import (
 type Sipp struct {
 	// Addr is the host:port sipp listens on.
 	Addr string
+	dir  string // working directory, where sipp writes its logs
 	cmd  *exec.Cmd
 	out  *syncBuffer
 	done chan struct{}
@@ -74,19 +75,47 @@ func FreePort(t testing.TB) int {
 // otherwise); tcp selects the TCP transport. It waits until sipp has bound its port.
 func StartSipp(t testing.TB, scenario string, tcp bool, args ...string) *Sipp {
 	t.Helper()
+	return startSippRetrying(t, scenario, tcp, false, args...)
+}
+
+// StartSippCapture is StartSipp with every SIP message sipp sends or receives logged, for
+// Messages to read.
+func StartSippCapture(t testing.TB, scenario string, tcp bool, args ...string) *Sipp {
+	t.Helper()
+	return startSippRetrying(t, scenario, tcp, true, args...)
+}
+
+// Messages is the log of the SIP messages sipp sent and received so far (StartSippCapture), as
+// they were on the wire.
+func (s *Sipp) Messages(t testing.TB) string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(s.dir, "*_messages.log"))
+	var all []byte
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, b...)
+	}
+	return string(all)
+}
+
+func startSippRetrying(t testing.TB, scenario string, tcp, capture bool, args ...string) *Sipp {
+	t.Helper()
 	if _, err := exec.LookPath("sipp"); err != nil {
 		t.Fatal("sipp not found: install the Debian package sip-tester (deploy/local/services.sh sipp)")
 	}
 	// The free port may be taken again before sipp binds it: try a few.
 	for attempt := 1; ; attempt++ {
-		s, ok := startSipp(t, scenario, tcp, attempt == 3, args...)
+		s, ok := startSipp(t, scenario, tcp, capture, attempt == 3, args...)
 		if ok {
 			return s
 		}
 	}
 }
 
-func startSipp(t testing.TB, scenario string, tcp, last bool, args ...string) (*Sipp, bool) {
+func startSipp(t testing.TB, scenario string, tcp, capture, last bool, args ...string) (*Sipp, bool) {
 	t.Helper()
 	port := FreePort(t)
 	full := []string{"-sf", Scenario(scenario), "-i", "127.0.0.1", "-p", strconv.Itoa(port), "-nostdin", "-timeout", "90s", "-m", "1",
@@ -102,7 +131,10 @@ func startSipp(t testing.TB, scenario string, tcp, last bool, args ...string) (*
 	if d := os.Getenv("SIPP_TRACE_DIR"); d != "" {
 		s.cmd.Dir = d
 		s.cmd.Args = append(s.cmd.Args, "-trace_msg")
+	} else if capture {
+		s.cmd.Args = append(s.cmd.Args, "-trace_msg")
 	}
+	s.dir = s.cmd.Dir
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		cancel()
