@@ -1,6 +1,7 @@
 package httpapi_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -8,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -53,23 +56,30 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// floodSamples is how many GETs each latency measurement takes.
-const floodSamples = 60
-
 // floodCost is the bcrypt cost of the flood tests: under the race detector a cost-10 check takes
 // seconds; at cost 6 it takes about what a cost-10 check takes in production, so the flood keeps
 // the hashing slots as busy as the real one would.
 const floodCost = 6
 
+// floodRounds alternate idle and flood measurements of floodSamples GETs each, so that load from
+// elsewhere on a shared machine falls on both alike.
+const (
+	floodRounds  = 6
+	floodSamples = 12
+)
+
 // TestLoginFloodKeepsOtherRequestsFast runs 64 parallel bad logins (bcrypt), without any login
-// throttle (the hashing bound alone must hold), while another customer reads
-// its calls through the whole gateway (both rate limits in Redis, JWT, RPC to the stand-in). Its
-// median latency must stay within 2× of idle (plus 5 ms of slack for a machine shared with other
-// work), and the Redis limiter must not fail (it used to time out under the CPU starvation and let
-// everything through unlimited). `go test -run LoginFlood -v -count 5` prints the figures.
+// throttle (the hashing bound alone must hold), while another customer reads its calls through the
+// whole gateway (both rate limits in Redis, JWT, RPC to the stand-in). Idle and flood phases
+// alternate; the median latency during the flood must stay within 2× of the idle median (plus 5
+// ms of slack for a machine shared with other work), and the Redis limiter must not fail (it used
+// to time out under the CPU starvation and let everything through unlimited).
+// `go test -run LoginFlood -v -count 5` prints the figures.
 func TestLoginFloodKeepsOtherRequestsFast(t *testing.T) {
+	slots := identity.DefaultHashConcurrency()
 	generous := httpapi.RateLimit{Rate: 1_000_000, Burst: 1_000_000} // checked in Redis, never refusing
-	h := newHarness(t, options{bcryptCost: floodCost, ipLimit: generous, customerLimit: generous, bench: true})
+	h := newHarness(t, options{bcryptCost: floodCost, ipLimit: generous, customerLimit: generous, bench: true,
+		hashLimit: identity.HashLimit{Concurrency: slots}})
 	c := h.newCustomer("bystander")
 	var failed atomic.Int64
 	get := func() time.Duration {
@@ -79,66 +89,46 @@ func TestLoginFloodKeepsOtherRequestsFast(t *testing.T) {
 		}
 		return time.Since(start)
 	}
-	// measure takes floodSamples GETs, or as many as fit in 20 s.
-	measure := func() []time.Duration {
-		var out []time.Duration
-		for end := time.Now().Add(20 * time.Second); len(out) < floodSamples && (len(out) == 0 || time.Now().Before(end)); {
-			out = append(out, get())
-		}
-		return out
-	}
 	for range 10 { // warm connections and caches
 		get()
 	}
-	idle := measure()
 
-	flooder := clientFrom("127.0.0.2", 64)
-	ctx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { stop(); wg.Wait() })
-	var mu sync.Mutex
-	codes := map[int]int{}
-	var started, answered atomic.Int64
-	for i := range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			started.Add(1)
-			for ctx.Err() == nil {
-				code, _, _ := h.loginFrom(flooder, fmt.Sprintf("nobody-%d", i%8), "wrong-password")
-				answered.Add(1)
-				mu.Lock()
-				codes[code]++
-				mu.Unlock()
-			}
-		}()
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for started.Load() < 64 || answered.Load() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the flood did not start")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	// The flood comes from another process (the attacker's CPU is not the server's), run at the
+	// lowest priority so that on a shared test machine it competes as little as possible with what
+	// is measured: the server's own handling of the flood next to the bystander's requests.
+	var floods []floodResult
+	var idle, flood []time.Duration
 	errorsBefore := h.metric(t, "api_rate_limiter_errors_total", "")
-	flood := measure()
-	errorsDuring := h.metric(t, "api_rate_limiter_errors_total", "") - errorsBefore
-	stop()
-	wg.Wait()
-	after := measure()
+	for range floodRounds {
+		for range floodSamples {
+			idle = append(idle, get())
+		}
+		f := startFlood(t, h.url, 64)
+		for range floodSamples {
+			flood = append(flood, get())
+		}
+		floods = append(floods, f.stop(t))
+	}
+	limiterErrors := h.metric(t, "api_rate_limiter_errors_total", "")
+	limiterErrors -= errorsBefore
+	codes := map[int]int{}
+	for _, f := range floods {
+		for c, n := range f.Codes {
+			codes[c] += n
+		}
+	}
 
-	base := median(append(slices.Clone(idle), after...))
-	got := median(flood)
-	t.Logf("GET /v1.0/calls median: idle %s (before %s, after %s), during 64 parallel bad logins %s (%.1f×); logins answered %v",
-		base, median(idle), median(after), got, float64(got)/float64(base), codes)
+	base, got := median(idle), median(flood)
+	t.Logf("GET /v1.0/calls median: idle %s, during 64 parallel bad logins %s (%.1f×); logins answered %v",
+		base, got, float64(got)/float64(base), codes)
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d of the bystander's GETs failed", n)
 	}
 	if limit := 2*base + 5*time.Millisecond; got > limit {
 		t.Errorf("median GET latency during the login flood %s > 2 × idle %s + 5 ms", got, base)
 	}
-	if errorsDuring != 0 {
-		t.Errorf("the Redis rate limiter failed %v times during the flood (it must keep limiting)", errorsDuring)
+	if limiterErrors != 0 {
+		t.Errorf("the Redis rate limiter failed %v times during the flood (it must keep limiting)", limiterErrors)
 	}
 	if codes[401] == 0 {
 		t.Errorf("no bad login was answered 401 during the flood: %v", codes)
@@ -264,4 +254,107 @@ func TestLoginThrottleWithRedisDown(t *testing.T) {
 		t.Fatalf("api_rate_limiter_errors_total{scope=login} = %v, want the failures counted", n)
 	}
 	h.must(200, "POST", "/auth/login", "", map[string]string{"username": rootUser, "password": rootPassword})
+}
+
+// floodResult is what a flood process reports: the statuses of the logins it sent.
+type floodResult struct {
+	Codes map[int]int `json:"codes"`
+}
+
+type floodProc struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	out    *bytes.Buffer
+	copied chan struct{} // closed once the output is read to its end
+}
+
+// startFlood runs this test binary again as TestLoginFloodHelper, at nice 19, posting bad logins to
+// url from 127.0.0.2 with n goroutines; it returns once the first answers came back.
+func startFlood(t *testing.T, url string, n int) *floodProc {
+	t.Helper()
+	cmd := exec.Command("nice", "-n", "19", os.Args[0], "-test.run=^TestLoginFloodHelper$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "LOGIN_FLOOD_URL="+url, "LOGIN_FLOOD_N="+strconv.Itoa(n))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start the flood process: %v", err)
+	}
+	p := &floodProc{cmd: cmd, stdin: stdin, out: &bytes.Buffer{}, copied: make(chan struct{})}
+	t.Cleanup(func() { _ = stdin.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	// The helper prints "flooding" once answers come back, then its result when stdin closes.
+	r := bufio.NewReader(stdout)
+	line, err := r.ReadString('\n')
+	for err == nil && strings.TrimSpace(line) != "flooding" {
+		line, err = r.ReadString('\n')
+	}
+	if err != nil {
+		t.Fatalf("the flood process did not start flooding: %v", err)
+	}
+	go func() { defer close(p.copied); _, _ = io.Copy(p.out, r) }()
+	return p
+}
+
+// stop ends the flood and waits for the process: every login it sent has been answered.
+func (p *floodProc) stop(t *testing.T) floodResult {
+	t.Helper()
+	_ = p.stdin.Close()
+	<-p.copied // the process exits after printing its result
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("flood process: %v", err)
+	}
+	var res floodResult
+	for _, l := range strings.Split(p.out.String(), "\n") {
+		if strings.HasPrefix(l, "result ") {
+			if err := json.Unmarshal([]byte(strings.TrimPrefix(l, "result ")), &res); err != nil {
+				t.Fatalf("flood result %q: %v", l, err)
+			}
+		}
+	}
+	return res
+}
+
+// TestLoginFloodHelper is the flood process of TestLoginFloodKeepsOtherRequestsFast; it skips
+// unless run by it.
+func TestLoginFloodHelper(t *testing.T) {
+	url := os.Getenv("LOGIN_FLOOD_URL")
+	if url == "" {
+		t.Skip("run by TestLoginFloodKeepsOtherRequestsFast")
+	}
+	n, _ := strconv.Atoi(os.Getenv("LOGIN_FLOOD_N"))
+	c := clientFrom("127.0.0.2", n)
+	ctx, stop := context.WithCancel(context.Background())
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); stop() }() // stdin closed: stop
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var once sync.Once
+	var wg sync.WaitGroup
+	body, _ := json.Marshal(map[string]string{"username": "nobody", "password": "wrong-password"})
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				code := 0
+				if resp, err := c.Post(url+"/auth/login", "application/json", bytes.NewReader(body)); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					code = resp.StatusCode
+				}
+				mu.Lock()
+				codes[code]++
+				mu.Unlock()
+				once.Do(func() { fmt.Println("flooding") })
+			}
+		}()
+	}
+	wg.Wait()
+	b, _ := json.Marshal(floodResult{Codes: codes})
+	fmt.Println("result " + string(b))
 }
