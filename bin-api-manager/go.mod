@@ -1,6 +1,6 @@
 module voipbin/bin-api-manager
 
-go 1.26.0
+go 1.27.3
 
 require (
 	github.com/getkin/kin-openapi v0.153.0

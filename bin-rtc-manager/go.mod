@@ -1,6 +1,6 @@
 module voipbin/bin-rtc-manager
 
-go 1.26.0
+go 1.27.3
 
 require (
 	github.com/emiago/sipgo v1.7.3

@@ -1,6 +1,6 @@
 module voipbin/bin-webhook-manager
 
-go 1.26.0
+go 1.27.3
 
 require (
 	github.com/google/uuid v1.6.0

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"os/exec"
 	"sort"
 	"strings"
 	"time"
@@ -39,8 +40,10 @@ type outboxEvent struct {
 // check is one invariant and what violates it.
 type check struct {
 	Name       string
-	Violations []string // "<id>: what is wrong"
-	Evidence   []string // ids to look up in the services' logs
+	Violations []string       // "<id>: what is wrong"
+	Evidence   []string       // ids to look up in the services' logs
+	ByPhase    map[string]int // violations by the phase they arose in, when known
+	ByKind     map[string]int // violations by what they were (an answer and its message), when useful
 }
 
 func (c *check) add(evidenceID, format string, args ...any) {
@@ -48,6 +51,24 @@ func (c *check) add(evidenceID, format string, args ...any) {
 	if evidenceID != "" {
 		c.Evidence = append(c.Evidence, evidenceID)
 	}
+}
+
+// addIn is add for a violation that arose during phase.
+// addKind is addIn for a violation of a kind worth counting.
+func (c *check) addKind(phase, kind, evidenceID, format string, args ...any) {
+	if c.ByKind == nil {
+		c.ByKind = map[string]int{}
+	}
+	c.ByKind[kind]++
+	c.addIn(phase, evidenceID, format, args...)
+}
+
+func (c *check) addIn(phase, evidenceID, format string, args ...any) {
+	if c.ByPhase == nil {
+		c.ByPhase = map[string]int{}
+	}
+	c.ByPhase[phase]++
+	c.add(evidenceID, format, args...)
 }
 
 type faultReport struct {
@@ -68,25 +89,61 @@ func (rep *faultReport) failed() bool {
 	return false
 }
 
-// check gathers what the customer sees (API, webhook, WebSocket, the clients' answers) and what
-// the services committed (the outbox in our MariaDB), and holds them against the invariants.
+// faultData is everything the checks read: what the customer saw (the clients' answers, the API,
+// the webhook, the WebSocket) and what the services committed (read from our own MariaDB) or did
+// (the carrier simulator's log).
+type faultData struct {
+	reqs       []logical
+	calls      []faultCall
+	events     []outboxEvent
+	unsent     int
+	ledger     []billingapi.Billing
+	account    billingapi.Account
+	deliveries []delivery
+	wsEvents   []wsEvent
+	wsNotices  []wsNotice
+	wsDown     [][2]time.Time
+	wsOpens    int
+	sipIDs     map[string]string // call id → SIP Call-ID
+	carrier    map[string]string // SIP Call-ID → how the carrier's side ended
+}
+
+// check gathers the data, holds it against the invariants and adds the figures of the logs.
 func (r *faultRun) check(cc *Client) *faultReport {
-	rep := &faultReport{}
-	reqs := r.load.snapshot()
-	calls, err := r.listCalls(cc)
-	if err != nil {
+	d := r.gather(cc)
+	rep := r.evaluate(d)
+	r.logFigures(rep)
+	return rep
+}
+
+func (r *faultRun) gather(cc *Client) faultData {
+	var d faultData
+	var err error
+	d.reqs = r.load.snapshot()
+	if d.calls, err = r.listCalls(cc); err != nil {
 		r.t.Fatalf("list calls: %v", err)
 	}
-	events, unsent, err := r.outboxEvents()
-	if err != nil {
+	if d.events, d.unsent, err = r.outboxEvents(); err != nil {
 		r.t.Fatalf("read call_outbox: %v", err)
 	}
-	ledger, account, err := r.ledger(cc)
-	if err != nil {
+	if d.ledger, d.account, err = r.ledger(cc); err != nil {
 		r.t.Fatalf("read the ledger: %v", err)
 	}
-	deliveries := r.hook.snapshot()
-	wsEvents, wsNotices, wsDown, wsOpens := r.ws.snapshot()
+	if d.sipIDs, err = r.sipCallIDs(); err != nil {
+		r.t.Fatalf("read call_calls: %v", err)
+	}
+	d.carrier = r.carrierOutcomes()
+	d.deliveries = r.hook.snapshot()
+	d.wsEvents, d.wsNotices, d.wsDown, d.wsOpens = r.ws.snapshot()
+	return d
+}
+
+// evaluate holds the data against the invariants; it reads nothing else but the run's settings,
+// phases and heal times.
+func (r *faultRun) evaluate(d faultData) *faultReport {
+	rep := &faultReport{}
+	reqs, calls, events, unsent, ledger, account := d.reqs, d.calls, d.events, d.unsent, d.ledger, d.account
+	deliveries, wsEvents, wsNotices, wsDown, wsOpens := d.deliveries, d.wsEvents, d.wsNotices, d.wsDown, d.wsOpens
 
 	callByID := map[string]faultCall{}
 	callsByKey := map[string][]string{}
@@ -123,7 +180,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 			statusByPhase[a.Phase][statusLabel(a)]++
 		}
 	}
-	rep.figure("run: %s; %.1f calls/s to %s for %s", time.Since(r.begin).Round(time.Second), r.cfg.Rate, r.cfg.Number, strings.Join(r.cfg.Faults, ", "))
+	rep.figure("run: %s (commit %s); %.1f calls/s to %s; faults %s", time.Since(r.begin).Round(time.Second), commitOf(), r.cfg.Rate, r.cfg.Number, strings.Join(r.cfg.Faults, ", "))
 	rep.figure("keys (logical requests): %d — created %d, refused %d, undecided %d, pending %d; HTTP attempts %d; time to a 201: median %s, p99 %s, max %s",
 		len(reqs), outcomes["created"], outcomes["refused"], outcomes["undecided"], outcomes["pending"], attempts,
 		quantile(answerTimes, 0.5), quantile(answerTimes, 0.99), quantile(answerTimes, 1))
@@ -169,21 +226,6 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		rep.figure("heal %-8s down %s, every /readyz 200 after %s, first call placed after %s", h.Fault+":",
 			h.Down.Round(time.Millisecond), fmtDur(h.Ready), fmtDur(h.Serving))
 	}
-	for _, m := range append(append([]string(nil), managers...), "carrier-sim") {
-		warn, errors, dead := 0, 0, 0
-		for _, l := range r.stack.LogLines(m, `"level":"`) {
-			switch {
-			case strings.Contains(l, `"level":"WARN"`):
-				warn++
-			case strings.Contains(l, `"level":"ERROR"`):
-				errors++
-			}
-			if strings.Contains(l, "dead-letter") {
-				dead++
-			}
-		}
-		rep.figure("log of %-16s %d warnings, %d errors, %d lines about dead-lettering", m+":", warn, errors, dead)
-	}
 	r.exitsMu.Lock()
 	for _, e := range r.exits {
 		rep.figure("unexpected exit: %s", e)
@@ -198,7 +240,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		ids := callsByKey[q.Key]
 		switch {
 		case len(ids) > 1:
-			keys.add(ids[0], "key %s: %d calls %s (the client was given %v; attempts %s)", q.Key, len(ids), strings.Join(ids, ","), q.CallIDs, attemptTrail(q.Attempts))
+			keys.addIn(firstPhase(q.Attempts), ids[0], "key %s: %d calls %s (the client was given %v; attempts %s)", q.Key, len(ids), strings.Join(ids, ","), q.CallIDs, attemptTrail(q.Attempts))
 			for _, id := range ids[1:] {
 				keys.Evidence = append(keys.Evidence, id)
 			}
@@ -248,11 +290,7 @@ func (r *faultRun) check(cc *Client) *faultReport {
 	// ---- 3. the call records what the carrier did (items 12, 13): never longer than the carrier
 	// kept it, and a call whose BYE the platform acknowledged ended normal, remote, after the hold.
 	hold := &check{Name: fmt.Sprintf("calls record what the carrier did (≤ %d s +1; its acknowledged BYE → normal/remote/%d±1 s)", r.cfg.HoldSecs, r.cfg.HoldSecs)}
-	sipIDs, err := r.sipCallIDs()
-	if err != nil {
-		r.t.Fatalf("read call_calls: %v", err)
-	}
-	carrier := r.carrierOutcomes()
+	sipIDs, carrier := d.sipIDs, d.carrier
 	carrierCounts := map[string]int{}
 	for _, c := range calls {
 		seen := carrier[sipIDs[c.ID]]
@@ -260,15 +298,32 @@ func (r *faultRun) check(cc *Client) *faultReport {
 			seen = "never saw it"
 		}
 		carrierCounts[seen]++
-		placed := r.phase.at(c.TMCreate)
+		due := r.phase.at(c.TMCreate.Add(time.Duration(r.cfg.HoldSecs+1) * time.Second))
+		placed := fmt.Sprintf("placed during %q, due to end during %q", r.phase.at(c.TMCreate), due)
+		n := len(hold.Violations)
 		switch {
 		case c.Duration > r.cfg.HoldSecs+1:
-			hold.add(c.ID, "call %s (placed during %q): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
+			hold.addIn(due, c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier, Call-ID %s: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, sipIDs[c.ID], seen)
 		case seen == "hung up" && (c.HangupReason != "normal" || c.HangupBy != "remote" || c.Duration < r.cfg.HoldSecs-1):
-			hold.add(c.ID, "call %s (placed during %q): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
+			hold.addIn(due, c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered (Call-ID %s), the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, sipIDs[c.ID], c.Status, c.HangupReason, c.HangupBy, c.Duration)
+		}
+		if len(hold.Violations) > n && sipIDs[c.ID] != "" {
+			hold.Evidence = append(hold.Evidence, sipIDs[c.ID]) // the carrier's and the rtc node's side
 		}
 	}
 	rep.figure("carrier's view of the calls: %s", formatCounts(carrierCounts))
+	cross := map[string]int{}
+	for _, c := range calls {
+		if seen := carrier[sipIDs[c.ID]]; seen != "hung up" {
+			if seen == "" {
+				seen = "never saw it"
+			}
+			cross[fmt.Sprintf("%s → %s/%s dur=%d", seen, c.HangupReason, c.HangupBy, c.Duration)]++
+		}
+	}
+	if len(cross) > 0 {
+		rep.figure("  and what the platform recorded for them: %s", formatCounts(cross))
+	}
 
 	// ---- 4. webhook events complete and in order
 	hooks := &check{Name: "webhook events complete, in order, signed (sequence 1..n, created … ended)"}
@@ -339,7 +394,8 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		want := int64((c.Duration+59)/60) * r.cfg.Rate60
 		expected += want
 		if got := chargeByCall[c.ID]; got != want {
-			money.add(c.ID, "call %s (placed during %q): duration %d s should cost %d, the ledger charged %d", c.ID, r.phase.at(c.TMCreate), c.Duration, want, got)
+			ph := r.phase.at(c.TMCreate)
+			money.addIn(ph, c.ID, "call %s (placed during %q): duration %d s should cost %d, the ledger charged %d", c.ID, ph, c.Duration, want, got)
 		}
 	}
 	for id := range chargeByCall {
@@ -362,11 +418,12 @@ func (r *faultRun) check(cc *Client) *faultReport {
 	noRetry := &check{Name: "every 503 carries Retry-After"}
 	for _, q := range reqs {
 		for _, a := range q.Attempts {
+			kind := statusLabel(a) + " " + truncate(a.Message, 90)
 			switch {
 			case a.Status == 500:
-				errs.add(a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
+				errs.addKind(a.Phase, kind, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
 			case a.Status == 503 && a.RetryAfter == "":
-				noRetry.add(a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
+				noRetry.addKind(a.Phase, kind, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
 			}
 		}
 	}
@@ -380,12 +437,32 @@ func (r *faultRun) check(cc *Client) *faultReport {
 		if inIntervals(e.Timestamp, wsDown) || noticeWithin(wsNotices, e.Timestamp, 30*time.Second) {
 			continue
 		}
-		ws.add(e.CallID, "event %s (%d:%s of call %s at +%.1fs) never reached the socket, and no close or notice followed",
-			e.EventID, e.Sequence, e.EventType, e.CallID, e.Timestamp.Sub(r.begin).Seconds())
+		ph := r.phase.at(e.Timestamp)
+		ws.addIn(ph, e.CallID, "event %s (%d:%s of call %s at +%.1fs, during %q) never reached the socket, and no close or notice followed",
+			e.EventID, e.Sequence, e.EventType, e.CallID, e.Timestamp.Sub(r.begin).Seconds(), ph)
 	}
 
 	rep.checks = []*check{keys, final, hold, hooks, money, errs, noRetry, ws}
 	return rep
+}
+
+// logFigures counts, per service, the warnings, errors and dead-lettering lines of its log.
+func (r *faultRun) logFigures(rep *faultReport) {
+	for _, m := range append(append([]string(nil), managers...), "carrier-sim") {
+		warn, errors, dead := 0, 0, 0
+		for _, l := range r.stack.LogLines(m, `"level":"`) {
+			switch {
+			case strings.Contains(l, `"level":"WARN"`):
+				warn++
+			case strings.Contains(l, `"level":"ERROR"`):
+				errors++
+			}
+			if strings.Contains(l, "dead-letter") {
+				dead++
+			}
+		}
+		rep.figure("log of %-16s %d warnings, %d errors, %d lines about dead-lettering", m+":", warn, errors, dead)
+	}
 }
 
 func (rep *faultReport) print(r *faultRun) {
@@ -407,6 +484,12 @@ func (rep *faultReport) print(r *faultRun) {
 			continue
 		}
 		fmt.Fprintf(&b, "---- %s: %d violations\n", c.Name, len(c.Violations))
+		if len(c.ByPhase) > 0 {
+			fmt.Fprintf(&b, "  by phase: %s\n", formatCounts(c.ByPhase))
+		}
+		if len(c.ByKind) > 0 {
+			fmt.Fprintf(&b, "  by answer: %s\n", formatCounts(c.ByKind))
+		}
 		for i, v := range c.Violations {
 			if i == 25 {
 				fmt.Fprintf(&b, "  … %d more\n", len(c.Violations)-i)
@@ -514,6 +597,19 @@ func (r *faultRun) ledger(cc *Client) ([]billingapi.Billing, billingapi.Account,
 		token = page.NextPageToken
 	}
 	return nil, billingapi.Account{}, fmt.Errorf("more than 10000 pages of billings")
+}
+
+// commitOf names the code under test: the repository's HEAD, "+dirty" with local changes.
+func commitOf() string {
+	out, err := exec.Command("git", "-C", repoRoot(), "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	commit := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "-C", repoRoot(), "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(st) > 0 {
+		commit += "+dirty"
+	}
+	return commit
 }
 
 // getRetrying GETs path until it is answered 200, for at most 30 s: the checks read a platform
@@ -628,6 +724,20 @@ func attemptTrail(as []attempt) string {
 		parts = append(parts[:4], append([]string{"…"}, parts[len(parts)-3:]...)...)
 	}
 	return strings.Join(parts, " → ")
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+func firstPhase(as []attempt) string {
+	if len(as) == 0 {
+		return ""
+	}
+	return as[0].Phase
 }
 
 func firstOr(ids []string) string {

@@ -1,6 +1,6 @@
 module voipbin/e2e
 
-go 1.26.0
+go 1.27.3
 
 require (
 	github.com/go-sql-driver/mysql v1.10.1

@@ -17,6 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 [[ -x /usr/local/go/bin/go ]] && PATH="/usr/local/go/bin:$PATH"
+export GOTOOLCHAIN=go1.27.3 # the release the go.mod files name; fetched once when older is installed
 : "${RATES:=50 100 200}"
 : "${DURATION:=10}"
 : "${ROUNDS:=3}"

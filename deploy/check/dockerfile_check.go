@@ -106,9 +106,11 @@ func stageName(st *Stage) string {
 	return "final stage"
 }
 
-var goDirective = regexp.MustCompile(`(?m)^go (\d+\.\d+)`)
+var goDirective = regexp.MustCompile(`(?m)^go (\d+\.\d+(?:\.\d+)?)\s*$`)
 
-// checkGoVersion compares ARG GO_VERSION with the module's go directive (major.minor).
+// checkGoVersion wants ARG GO_VERSION equal to the module's go directive, patch release included:
+// the go directive names the first toolchain without the standard library's known vulnerabilities,
+// and the official images set GOTOOLCHAIN=local, so an older image tag would refuse to build.
 func checkGoVersion(ps *problems, root string, c Component, df *Dockerfile) {
 	mod, err := os.ReadFile(filepath.Join(root, c.Module, "go.mod"))
 	if err != nil {
@@ -122,7 +124,7 @@ func checkGoVersion(ps *problems, root string, c Component, df *Dockerfile) {
 	}
 	v, ok := df.ArgDefault("GO_VERSION")
 	if !ok {
-		ps.add("", "no global ARG GO_VERSION=<major.minor> (want %s, the go directive of %s/go.mod)", m[1], c.Module)
+		ps.add("", "no global ARG GO_VERSION=<version> (want %s, the go directive of %s/go.mod)", m[1], c.Module)
 		return
 	}
 	if v != string(m[1]) {

@@ -133,7 +133,8 @@ func TestCheckDockerfileFindsProblems(t *testing.T) {
 		{"listens on loopback", "ENV HTTP_ADDRESS=0.0.0.0:8080", "ENV HTTP_ADDRESS=127.0.0.1:8080", "listen on 0.0.0.0"},
 		{"port not exposed", "EXPOSE 8080 9100", "EXPOSE 9100", "port 8080 is not EXPOSEd"},
 		{"unknown variable", "ENV HTTP_ADDRESS=0.0.0.0:8080", "ENV HTTP_ADDR=0.0.0.0:8080", "ENV HTTP_ADDR: api-manager does not read it"},
-		{"go version", "ARG GO_VERSION=1.26", "ARG GO_VERSION=1.25", "ARG GO_VERSION=1.25, but bin-api-manager/go.mod says go 1.26"},
+		{"go version", "ARG GO_VERSION=1.27.3", "ARG GO_VERSION=1.26", "ARG GO_VERSION=1.26, but bin-api-manager/go.mod says go 1.27.3"},
+		{"go patch release", "ARG GO_VERSION=1.27.3", "ARG GO_VERSION=1.27", "ARG GO_VERSION=1.27, but bin-api-manager/go.mod says go 1.27.3"},
 		{"RUN in the final image", "USER 65534:65534", "RUN mkdir /data\nUSER 65534:65534", "RUN in the final image"},
 	}
 	for _, tt := range tests {

@@ -1,6 +1,6 @@
 module voipbin/deploy/check
 
-go 1.26.0
+go 1.27.3
 
 replace voipbin/pkg => ../../pkg
 

@@ -53,9 +53,10 @@ const (
 
 // GateRequest asks whether a customer may start a call to a destination type; on yes the billing
 // manager holds a reservation for the call until its call.ended is charged (or it is released).
-// The reservation is BILLING_RESERVE_MINUTES (default 1) at the destination's rate, and the answer
-// is yes only if the account's balance minus the reservations of its calls in progress covers it,
-// so a balance covering one minute lets one call through however many ask at once. Asking again
+// The reservation is the price of the call's first slice of quota (BILLING_QUOTA_SLICE, default
+// 60 s of talk from the answer) at the destination's rate, and the answer is yes only if the
+// account's balance minus the reservations of its calls in progress covers it, so a balance
+// covering one slice lets one call through however many ask at once. Asking again
 // for the same call_id gives the same answer without reserving twice; asking for a call whose
 // reservation was released or charged is 409 FAILED_PRECONDITION/RESERVATION_RELEASED. A customer
 // without an account is 402 like one without money. Bad input is 400 INVALID_ARGUMENT with the
@@ -70,6 +71,29 @@ type GateRequest struct {
 // {"balance","reserved","required"} in micro-units.
 type GateResponse struct {
 	Allowed  bool  `json:"allowed"`
+	Reserved int64 `json:"reserved"`
+	// Quota is the talk time granted to the call, in seconds from its answer (0: no quota is
+	// enforced). Before it is used up the call manager asks for more (Extend); the rtc node ends
+	// the call when it runs out.
+	Quota int `json:"quota,omitempty"`
+}
+
+// ExtendRequest asks for a call's next slice of quota (credit control's next unit): Quota is the
+// quota in seconds the caller holds now. The answer is the new total; a retry of a request already
+// granted (Quota one grant behind) gets the same answer without reserving again. The reservation
+// grows to the price of the new total only if the account's available balance covers the
+// difference: otherwise 402 PAYMENT_REQUIRED/INSUFFICIENT_BALANCE, and the call keeps only what it
+// was granted. A call whose reservation was released or charged (it ended) is 409
+// FAILED_PRECONDITION/RESERVATION_RELEASED.
+type ExtendRequest struct {
+	CustomerID string `json:"customer_id"`
+	Quota      int    `json:"quota"`
+}
+
+// ExtendResponse is the yes: the call's quota in seconds from its answer, and what its
+// reservation now holds.
+type ExtendResponse struct {
+	Quota    int   `json:"quota"`
 	Reserved int64 `json:"reserved"`
 }
 
@@ -96,6 +120,7 @@ type BillingList struct {
 const (
 	RouteGate       = "POST /v1/gate"
 	RouteRelease    = "DELETE /v1/reservations/{call_id}"
+	RouteExtend     = "POST /v1/reservations/{call_id}/extend"
 	RouteAccounts   = "GET /v1/accounts"
 	RouteAccount    = "GET /v1/accounts/{id}"
 	RouteBalanceAdd = "POST /v1/accounts/{id}/balance_add"
@@ -127,6 +152,13 @@ func NewClient(c rpc.Caller) *Client { return &Client{rpc: c} }
 func (c *Client) Gate(ctx context.Context, req GateRequest) (GateResponse, error) {
 	var out GateResponse
 	err := rpc.Do(ctx, c.rpc, Queue, "POST", "/v1/gate", req, &out)
+	return out, err
+}
+
+// Extend asks for the call's next slice of quota (see ExtendRequest).
+func (c *Client) Extend(ctx context.Context, callID string, req ExtendRequest) (ExtendResponse, error) {
+	var out ExtendResponse
+	err := rpc.Do(ctx, c.rpc, Queue, "POST", "/v1/reservations/"+url.PathEscape(callID)+"/extend", req, &out)
 	return out, err
 }
 

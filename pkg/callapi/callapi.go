@@ -5,10 +5,14 @@ package callapi
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/url"
 	"strconv"
 	"time"
 
+	"voipbin/pkg/apierr"
 	"voipbin/pkg/rpc"
 )
 
@@ -58,6 +62,9 @@ const (
 	ReasonTimeout  = "timeout"
 	ReasonNoanswer = "noanswer"
 	ReasonDialout  = "dialout"
+	// ReasonBalanceExhausted: the answered call used up the talk time its balance paid for and
+	// no more was granted (billing refused, or could not be asked in time).
+	ReasonBalanceExhausted = "balance_exhausted"
 )
 
 // Hangup sides.
@@ -110,7 +117,51 @@ const (
 	ErrReasonCallNotFound        = "CALL_NOT_FOUND"
 	ErrReasonCallStateInvalid    = "CALL_STATE_INVALID"
 	ErrReasonInsufficientBalance = "INSUFFICIENT_BALANCE"
+	// ErrReasonIdempotencyKeyReused (409 ALREADY_EXISTS): the key was first used with another
+	// request body.
+	ErrReasonIdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED"
+	// ErrReasonIdempotencyKeyInUse (409 FAILED_PRECONDITION): a create with this key is still
+	// running; ask again later (details carry "retry_after_ms").
+	ErrReasonIdempotencyKeyInUse = "IDEMPOTENCY_KEY_IN_USE"
+	// ErrReasonDeadlineTooShort (503 UNAVAILABLE): the caller's deadline leaves less time than
+	// the gate and the dial need; nothing was started.
+	ErrReasonDeadlineTooShort = "DEADLINE_TOO_SHORT"
+	// ErrReasonOutcomeUnknown (500 INTERNAL): the call manager could not tell whether the calls
+	// were committed; a retry with the same idempotency key tells.
+	ErrReasonOutcomeUnknown = "CREATE_OUTCOME_UNKNOWN"
 )
+
+// Time budgets of POST /v1/calls (they nest: each caller waits longer than its callee's whole
+// budget, and each callee gives up before its caller).
+const (
+	// MaxCreateBudget is the longest a call manager may be configured to spend on one create
+	// (CALL_CREATE_BUDGET is validated against it). A caller waits at least this plus
+	// CreateReplyMargin.
+	MaxCreateBudget = 10 * time.Second
+	// CreateReplyMargin is the time a create's reply needs to travel back: the call manager
+	// finishes this long before the caller's deadline, and callers wait this much longer than
+	// MaxCreateBudget.
+	CreateReplyMargin = time.Second
+	// CreateTimeout is the shortest a caller of Create should wait, and what Client.Create waits
+	// when ctx has no deadline.
+	CreateTimeout = MaxCreateBudget + CreateReplyMargin
+)
+
+// ErrOutcomeUnknown marks a Create error after which the calls may or may not exist: no reply
+// came (a timeout, a lost connection), or the call manager said it could not tell. Every other
+// Create error is the call manager's answer and means no call was created. Retrying with the same
+// IdempotencyKey never places a second set of calls and tells which it was.
+var ErrOutcomeUnknown = errors.New("outcome of the create is unknown")
+
+// CreatedNothing reports whether a Create error proves that no call was created: a typed answer
+// of the call manager that is neither INTERNAL nor marked ErrOutcomeUnknown.
+func CreatedNothing(err error) bool {
+	if err == nil || errors.Is(err, ErrOutcomeUnknown) {
+		return false
+	}
+	e, ok := apierr.As(err)
+	return ok && e.Status != apierr.Internal
+}
 
 // CreateRequest is the body of POST /v1/calls. Each destination becomes one call.
 type CreateRequest struct {
@@ -120,7 +171,16 @@ type CreateRequest struct {
 	Metadata     map[string]any `json:"metadata,omitempty"`
 	// Timeout is the dial timeout in seconds (0: the default).
 	Timeout int `json:"timeout,omitempty"`
+	// IdempotencyKey, when set, makes the create idempotent for the customer: the call manager
+	// keeps it unique per customer, and a second create with it returns the calls of the first
+	// (same body) without dialling again, or IDEMPOTENCY_KEY_REUSED (other body), or
+	// IDEMPOTENCY_KEY_IN_USE while the first is still running. At most 512 bytes. The body's
+	// other fields are what "same body" compares.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
+
+// MaxIdempotencyKey is the longest IdempotencyKey accepted, in bytes.
+const MaxIdempotencyKey = 512
 
 // CreateResponse is the reply of POST /v1/calls.
 type CreateResponse struct {
@@ -187,11 +247,28 @@ type Client struct{ rpc rpc.Caller }
 // NewClient makes a client over an RPC caller.
 func NewClient(c rpc.Caller) *Client { return &Client{rpc: c} }
 
-// Create places one call per destination.
+// Create places one call per destination. An error wraps ErrOutcomeUnknown unless it is the
+// call manager's answer that nothing was created (see CreatedNothing).
 func (c *Client) Create(ctx context.Context, req CreateRequest) ([]Call, error) {
-	var out CreateResponse
-	if err := rpc.Do(ctx, c.rpc, Queue, "POST", "/v1/calls", req, &out); err != nil {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, CreateTimeout)
+		defer cancel()
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("marshal request: %w", err)
+	}
+	resp, err := c.rpc.Call(ctx, Queue, rpc.Request{Method: "POST", Route: "/v1/calls", Body: b})
+	if err != nil {
+		if resp == nil || !CreatedNothing(err) {
+			return nil, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+		}
 		return nil, err
+	}
+	var out CreateResponse
+	if err := json.Unmarshal(resp.Body, &out); err != nil {
+		return nil, fmt.Errorf("%w: decode POST /v1/calls reply: %w", ErrOutcomeUnknown, err)
 	}
 	return out.Calls, nil
 }

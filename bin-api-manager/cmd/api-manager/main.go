@@ -129,7 +129,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
 		Limiter:     cache.NewLimiter(rdb, "api:ratelimit:"),
 		RateLimitIP: httpapi.RateLimit(cfg.RateLimitIP), RateLimitCustomer: httpapi.RateLimit(cfg.RateLimitCustomer),
-		Idempotency:   cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour, time.Minute),
+		Idempotency: cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour), CallCreateTimeout: cfg.CallCreateTimeout,
 		LoginFailures: cache.NewFailures(rdb, "api:loginfail:"),
 		LoginThrottle: httpapi.LoginThrottle(cfg.LoginThrottle),
 		CORSOrigins:   cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,

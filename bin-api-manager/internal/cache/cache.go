@@ -1,7 +1,9 @@
 // Package cache is the api manager's use of Redis: the access-key look-up cache, idempotency
 // records of POST /v1.0/calls, and the GCRA rate limiter. Redis is only a cache: the access-key
 // cache degrades to "not cached" when Redis cannot answer; the idempotency store and the limiter
-// return the error so their callers choose (refuse, or fail open).
+// return the error so their callers choose (refuse, or fail open). Losing the idempotency records
+// places no call twice: the call manager keeps every key too (call_requests) and answers a
+// repeated key with the calls it made.
 package cache
 
 import (
@@ -92,71 +94,136 @@ func (c *AccessKeys) Delete(ctx context.Context, hash [32]byte) {
 	}
 }
 
-// Record is the remembered answer to a request with an Idempotency-Key.
+// Record is what an Idempotency-Key stands for: a request still waiting for its outcome
+// (Pending), or the answer to replay.
 type Record struct {
 	// Hash identifies the request body the key was first used with.
 	Hash string `json:"hash"`
-	// Pending is true while the first request is still being served.
-	Pending bool            `json:"pending,omitempty"`
-	Status  int             `json:"status,omitempty"`
-	Body    json.RawMessage `json:"body,omitempty"`
+	// Pending is true until the outcome is known. While LeaseUntil has not passed, a request is
+	// waiting for it; after it, the outcome is unknown (the wait timed out, or the process died)
+	// and the next request with the key may ask the call manager again.
+	Pending    bool            `json:"pending,omitempty"`
+	LeaseUntil time.Time       `json:"lease_until,omitzero"`
+	Status     int             `json:"status,omitempty"`
+	Body       json.RawMessage `json:"body,omitempty"`
 }
 
-// Idempotency stores idempotency records: a pending marker while the first request runs, then
-// its answer for TTL.
+// Claim is a pending record held by one request: the exact value it wrote, so that changing or
+// deleting it is a compare-and-set that never touches another request's record.
+type Claim struct {
+	key   string
+	value string
+	rec   Record
+	// Resolving is true when the claim took over a record whose outcome was unknown.
+	Resolving bool
+}
+
+// Idempotency stores idempotency records for ttl. A key's record is never dropped while its
+// outcome is unknown: only Release (a definite failure that created nothing) deletes it before
+// its TTL.
 type Idempotency struct {
 	rdb    redis.Cmdable
 	prefix string
 	ttl    time.Duration
-	// pendingTTL bounds how long a request that died mid-way blocks its key.
-	pendingTTL time.Duration
+	now    func() time.Time
 }
 
-// NewIdempotency keeps answers for ttl (24 h in production) under prefix.
-func NewIdempotency(rdb redis.Cmdable, prefix string, ttl, pendingTTL time.Duration) *Idempotency {
-	return &Idempotency{rdb: rdb, prefix: prefix, ttl: ttl, pendingTTL: pendingTTL}
+// NewIdempotency keeps records for ttl (24 h in production) under prefix.
+func NewIdempotency(rdb redis.Cmdable, prefix string, ttl time.Duration) *Idempotency {
+	return &Idempotency{rdb: rdb, prefix: prefix, ttl: ttl, now: time.Now}
 }
 
-// Begin claims key for a request whose body hashes to hash. If the key is new it is marked
-// pending and Begin returns started=true: serve the request, then Finish or Abort. Otherwise it
-// returns the existing record (pending, or the answer to replay).
-func (s *Idempotency) Begin(ctx context.Context, key, hash string) (Record, bool, error) {
-	k := s.prefix + key
-	pending, _ := json.Marshal(Record{Hash: hash, Pending: true})
-	ok, err := s.rdb.SetNX(ctx, k, pending, s.pendingTTL).Result()
-	if err != nil {
-		return Record{}, false, fmt.Errorf("idempotency begin: %w", err)
-	}
-	if ok {
-		return Record{}, true, nil
-	}
-	b, err := s.rdb.Get(ctx, k).Bytes()
-	if errors.Is(err, redis.Nil) { // expired between the two commands: try once more
-		return s.Begin(ctx, key, hash)
-	}
-	if err != nil {
-		return Record{}, false, fmt.Errorf("idempotency read: %w", err)
-	}
-	var r Record
-	if err := json.Unmarshal(b, &r); err != nil {
-		return Record{}, false, fmt.Errorf("idempotency record: %w", err)
-	}
-	return r, false, nil
-}
+// casScript replaces KEYS[1] by ARGV[2] (with TTL ARGV[3] ms; "" deletes) if it still holds ARGV[1].
+var casScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+return 1`)
 
-// Finish stores the answer for the TTL.
-func (s *Idempotency) Finish(ctx context.Context, key string, r Record) error {
+// finishScript stores the answer ARGV[1] unless an answer is stored already (a record that is
+// not pending), and returns the answer that stands.
+var finishScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and not string.find(cur, '"pending":true', 1, true) then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]`)
+
+func (s *Idempotency) encode(r Record) string {
 	b, _ := json.Marshal(r)
-	if err := s.rdb.Set(ctx, s.prefix+key, b, s.ttl).Err(); err != nil {
-		return fmt.Errorf("idempotency finish: %w", err)
+	return string(b)
+}
+
+// Begin claims key for a request whose body hashes to hash, for lease (how long it will wait for
+// the outcome). A new key, or one whose outcome is unknown (pending, lease passed) and whose hash
+// matches, is claimed: serve the request, then Finish, Release or Yield. Otherwise Begin returns
+// the record as it is (in use, or the answer to replay) and a nil Claim.
+func (s *Idempotency) Begin(ctx context.Context, key, hash string, lease time.Duration) (Record, *Claim, error) {
+	k := s.prefix + key
+	for range 5 {
+		mine := Record{Hash: hash, Pending: true, LeaseUntil: s.now().Add(lease).UTC()}
+		value := s.encode(mine)
+		ok, err := s.rdb.SetNX(ctx, k, value, s.ttl).Result()
+		if err != nil {
+			return Record{}, nil, fmt.Errorf("idempotency begin: %w", err)
+		}
+		if ok {
+			return mine, &Claim{key: k, value: value, rec: mine}, nil
+		}
+		cur, err := s.rdb.Get(ctx, k).Result()
+		if errors.Is(err, redis.Nil) {
+			continue // released or expired in between
+		}
+		if err != nil {
+			return Record{}, nil, fmt.Errorf("idempotency read: %w", err)
+		}
+		var r Record
+		if err := json.Unmarshal([]byte(cur), &r); err != nil {
+			return Record{}, nil, fmt.Errorf("idempotency record: %w", err)
+		}
+		if !r.Pending || r.Hash != hash || s.now().Before(r.LeaseUntil) {
+			return r, nil, nil
+		}
+		// The outcome is unknown: this request asks again (the call manager knows the key).
+		took, err := casScript.Run(ctx, s.rdb, []string{k}, cur, value, s.ttl.Milliseconds()).Int()
+		if err != nil {
+			return Record{}, nil, fmt.Errorf("idempotency take over: %w", err)
+		}
+		if took == 1 {
+			return mine, &Claim{key: k, value: value, rec: mine, Resolving: true}, nil
+		}
+	}
+	return Record{}, nil, errors.New("idempotency begin: the record kept changing")
+}
+
+// Finish stores the answer for the TTL, unless another request stored one first; it returns the
+// answer that stands (the first one), which is what every request with the key must get.
+func (s *Idempotency) Finish(ctx context.Context, c *Claim, r Record) (Record, error) {
+	res, err := finishScript.Run(ctx, s.rdb, []string{c.key}, s.encode(r), s.ttl.Milliseconds()).Text()
+	if err != nil {
+		return r, fmt.Errorf("idempotency finish: %w", err)
+	}
+	var stood Record
+	if err := json.Unmarshal([]byte(res), &stood); err != nil {
+		return r, fmt.Errorf("idempotency record: %w", err)
+	}
+	return stood, nil
+}
+
+// Release deletes the claim's record: its request failed in a way that created nothing, and a
+// retry may start afresh. A record another request has taken over is left alone.
+func (s *Idempotency) Release(ctx context.Context, c *Claim) error {
+	if err := casScript.Run(ctx, s.rdb, []string{c.key}, c.value, "", 0).Err(); err != nil {
+		return fmt.Errorf("idempotency release: %w", err)
 	}
 	return nil
 }
 
-// Abort releases a key whose request failed in a way worth retrying.
-func (s *Idempotency) Abort(ctx context.Context, key string) error {
-	if err := s.rdb.Del(ctx, s.prefix+key).Err(); err != nil {
-		return fmt.Errorf("idempotency abort: %w", err)
+// Yield gives the claim up without an outcome: the record stays pending, with its lease ended,
+// so the next request with the key asks the call manager again instead of starting afresh.
+func (s *Idempotency) Yield(ctx context.Context, c *Claim) error {
+	r := c.rec
+	r.LeaseUntil = s.now().UTC()
+	if err := casScript.Run(ctx, s.rdb, []string{c.key}, c.value, s.encode(r), s.ttl.Milliseconds()).Err(); err != nil {
+		return fmt.Errorf("idempotency yield: %w", err)
 	}
 	return nil
 }

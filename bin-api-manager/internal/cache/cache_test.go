@@ -79,37 +79,69 @@ func TestIdempotency(t *testing.T) {
 	ctx := context.Background()
 	rdb := testenv.Redis(t)
 	prefix := testenv.Name("idem") + ":"
-	t.Cleanup(func() { rdb.Del(context.Background(), prefix+"k1", prefix+"k2") })
-	s := cache.NewIdempotency(rdb, prefix, time.Hour, time.Minute)
+	t.Cleanup(func() { rdb.Del(context.Background(), prefix+"k1", prefix+"k2", prefix+"k3") })
+	s := cache.NewIdempotency(rdb, prefix, time.Hour)
+	const lease = time.Minute
 
-	_, started, err := s.Begin(ctx, "k1", "h1")
-	if err != nil || !started {
-		t.Fatalf("first Begin = %v, %v; want started", started, err)
+	_, claim, err := s.Begin(ctx, "k1", "h1", lease)
+	if err != nil || claim == nil || claim.Resolving {
+		t.Fatalf("first Begin = %+v, %v; want a new claim", claim, err)
 	}
-	rec, started, err := s.Begin(ctx, "k1", "h1")
-	if err != nil || started || !rec.Pending || rec.Hash != "h1" {
-		t.Fatalf("Begin while pending = %+v, %v, %v", rec, started, err)
+	rec, other, err := s.Begin(ctx, "k1", "h1", lease)
+	if err != nil || other != nil || !rec.Pending || rec.Hash != "h1" || time.Until(rec.LeaseUntil) < 50*time.Second {
+		t.Fatalf("Begin while pending = %+v, %+v, %v", rec, other, err)
 	}
-	if err := s.Finish(ctx, "k1", cache.Record{Hash: "h1", Status: 201, Body: []byte(`{"calls":[]}`)}); err != nil {
+	answer := cache.Record{Hash: "h1", Status: 201, Body: []byte(`{"calls":[]}`)}
+	if stood, err := s.Finish(ctx, claim, answer); err != nil || string(stood.Body) != string(answer.Body) {
+		t.Fatalf("Finish = %+v, %v", stood, err)
+	}
+	rec, other, err = s.Begin(ctx, "k1", "h2", lease)
+	if err != nil || other != nil || rec.Pending || rec.Status != 201 || rec.Hash != "h1" || string(rec.Body) != `{"calls":[]}` {
+		t.Fatalf("Begin after Finish = %+v, %+v, %v", rec, other, err)
+	}
+	// The first answer stands: a late Finish of the same key returns it instead of replacing it.
+	if stood, err := s.Finish(ctx, claim, cache.Record{Hash: "h1", Status: 201, Body: []byte(`{"calls":[1]}`)}); err != nil || string(stood.Body) != `{"calls":[]}` {
+		t.Fatalf("second Finish = %+v, %v; want the first answer", stood, err)
+	}
+
+	// Released (a definite failure that created nothing): usable again.
+	_, claim, _ = s.Begin(ctx, "k2", "h", lease)
+	if err := s.Release(ctx, claim); err != nil {
 		t.Fatal(err)
 	}
-	rec, started, err = s.Begin(ctx, "k1", "h2")
-	if err != nil || started || rec.Pending || rec.Status != 201 || rec.Hash != "h1" || string(rec.Body) != `{"calls":[]}` {
-		t.Fatalf("Begin after Finish = %+v, %v, %v", rec, started, err)
+	if _, c, _ := s.Begin(ctx, "k2", "h", lease); c == nil || c.Resolving {
+		t.Fatal("a released key must be usable again")
 	}
 
-	if _, started, _ := s.Begin(ctx, "k2", "h"); !started {
-		t.Fatal("k2 not started")
-	}
-	if err := s.Abort(ctx, "k2"); err != nil {
+	// Yielded (outcome unknown): never free; the next request with the same body takes it over to
+	// ask again, one with another body is told the key is taken.
+	_, claim, _ = s.Begin(ctx, "k3", "h", lease)
+	if err := s.Yield(ctx, claim); err != nil {
 		t.Fatal(err)
 	}
-	if _, started, _ := s.Begin(ctx, "k2", "h"); !started {
-		t.Fatal("an aborted key must be usable again")
+	if rec, c, _ := s.Begin(ctx, "k3", "other", lease); c != nil || !rec.Pending || rec.Hash != "h" {
+		t.Fatalf("Begin with another body after Yield = %+v, %+v", rec, c)
+	}
+	_, resolving, err := s.Begin(ctx, "k3", "h", lease)
+	if err != nil || resolving == nil || !resolving.Resolving {
+		t.Fatalf("Begin after Yield = %+v, %v; want a resolving claim", resolving, err)
+	}
+	if rec, c, _ := s.Begin(ctx, "k3", "h", lease); c != nil || !rec.Pending {
+		t.Fatalf("Begin while resolving = %+v, %+v; want in use", rec, c)
+	}
+	// The first claim, superseded, can no longer release or yield the record.
+	if err := s.Release(ctx, claim); err != nil {
+		t.Fatal(err)
+	}
+	if rec, c, _ := s.Begin(ctx, "k3", "h", lease); c != nil || !rec.Pending {
+		t.Fatalf("a stale claim released the key: %+v, %+v", rec, c)
+	}
+	if ttl := rdb.PTTL(ctx, prefix+"k3").Val(); ttl < 59*time.Minute {
+		t.Fatalf("a pending record lives %s, want the full TTL", ttl)
 	}
 
-	dead := cache.NewIdempotency(deadRedis(t), "idem:", time.Hour, time.Minute)
-	if _, _, err := dead.Begin(ctx, "k", "h"); err == nil {
+	dead := cache.NewIdempotency(deadRedis(t), "idem:", time.Hour)
+	if _, _, err := dead.Begin(ctx, "k", "h", lease); err == nil {
 		t.Fatal("Begin without Redis must fail")
 	}
 }

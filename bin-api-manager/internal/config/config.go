@@ -5,6 +5,7 @@ import (
 	"strings"
 	"time"
 
+	"voipbin/pkg/callapi"
 	"voipbin/pkg/envconf"
 )
 
@@ -58,6 +59,10 @@ type Config struct {
 	LoginThrottle LoginThrottle
 	// WS limits WebSocket connections.
 	WS WSLimits
+	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager: at least
+	// callapi.CreateTimeout (the call manager's longest budget plus the time its reply takes), so
+	// the call manager always gives up first.
+	CallCreateTimeout time.Duration
 }
 
 // LoginThrottle counts failed logins in fixed windows of Window; a limit of 0 disables that count.
@@ -121,6 +126,7 @@ func load(r *envconf.Reader) Config {
 		},
 		AccessKeyCacheTTL: r.Duration("ACCESSKEY_CACHE_TTL", 5*time.Second),
 		BcryptCost:        r.Int("BCRYPT_COST", 10, 4, 16),
+		CallCreateTimeout: r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
 
 		PasswordHashConcurrency: r.Int("PASSWORD_HASH_CONCURRENCY", 0, 0, 1024),
 		LoginThrottle: LoginThrottle{
@@ -141,6 +147,10 @@ func load(r *envconf.Reader) Config {
 	}
 	if c.AccessKeyCacheTTL > 5*time.Second {
 		r.Fail("ACCESSKEY_CACHE_TTL", "must be at most 5s (a deleted key must stop working within 5 s), got %s", c.AccessKeyCacheTTL)
+	}
+	if c.CallCreateTimeout < callapi.CreateTimeout || c.CallCreateTimeout > time.Minute {
+		r.Fail("CALL_CREATE_TIMEOUT", "%s is outside [%s, 1m]: the api must wait longer than the call manager's whole create budget (callapi.MaxCreateBudget %s + reply margin %s)",
+			c.CallCreateTimeout, callapi.CreateTimeout, callapi.MaxCreateBudget, callapi.CreateReplyMargin)
 	}
 	if c.JWTLifetime < time.Minute {
 		r.Fail("JWT_LIFETIME", "must be at least 1m, got %s", c.JWTLifetime)

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -33,6 +35,8 @@ type calls struct {
 	*api
 	mgr  CallManager
 	idem IdempotencyStore
+	// timeout is how long a create waits for the call manager (longer than its whole budget).
+	timeout time.Duration
 }
 
 func (c *calls) Routes() chi.Router {
@@ -116,44 +120,110 @@ func (c *calls) create(w http.ResponseWriter, r *http.Request) error {
 	canonical, _ := json.Marshal(req)
 	sum := sha256.Sum256(canonical)
 	hash := hex.EncodeToString(sum[:])
-	rec, started, err := c.idem.Begin(r.Context(), scoped, hash)
+	rec, claim, err := c.idem.Begin(r.Context(), scoped, hash, min(c.timeout+time.Second, maxIdempotencyLease))
 	if err != nil {
 		c.log.WarnContext(r.Context(), "idempotency store unavailable", "error", err)
 		return apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "idempotency keys cannot be honoured right now; retry later")
 	}
-	if !started {
+	if claim == nil {
 		switch {
 		case rec.Hash != hash:
 			return apierr.New(apierr.FailedPrecondition, ReasonIdempotencyKeyReused, "this Idempotency-Key was used with a different request body")
 		case rec.Pending:
-			w.Header().Set("Retry-After", "1")
-			return apierr.New(apierr.FailedPrecondition, ReasonIdempotencyInFlight, "a request with this Idempotency-Key is still being served")
+			return errKeyInUse(w, time.Until(rec.LeaseUntil))
 		}
-		c.m.replays.Inc()
-		c.log.InfoContext(r.Context(), "idempotent replay", "status", rec.Status)
-		w.Header().Set("Idempotent-Replayed", "true")
-		writeRaw(w, rec.Status, rec.Body)
-		return nil
+		return c.replay(w, r, rec)
 	}
-	calls, err := c.mgr.Create(r.Context(), req)
-	if err != nil {
-		// Nothing was placed: let the client retry with the same key.
-		if aerr := c.idem.Abort(r.Context(), scoped); aerr != nil {
-			c.log.WarnContext(r.Context(), "idempotency key not released; it expires by itself", "error", aerr)
+	// The call manager keeps the key too (per customer), so even a request whose outcome this
+	// store lost can never place the calls twice.
+	req.IdempotencyKey = scoped
+	ctx, cancel := context.WithTimeout(r.Context(), c.timeout)
+	defer cancel()
+	calls, err := c.mgr.Create(ctx, req)
+	ctx = context.WithoutCancel(r.Context())
+	switch {
+	case err == nil:
+		body, _ := json.Marshal(callapi.CreateResponse{Calls: calls})
+		stood, ferr := c.idem.Finish(ctx, claim, cache.Record{Hash: hash, Status: http.StatusCreated, Body: body})
+		if ferr != nil {
+			c.log.WarnContext(ctx, "idempotent answer not stored; a retry asks the call manager again", "error", ferr)
+		} else if string(stood.Body) != string(body) {
+			return c.replay(w, r, stood) // another request with the key stored the first answer
+		}
+		c.logPlaced(r, calls)
+		writeRaw(w, http.StatusCreated, body)
+		return nil
+	case apierr.HasReason(err, callapi.ErrReasonIdempotencyKeyInUse):
+		// The first request with the key is still running in the call manager: its outcome
+		// is not known yet.
+		c.yield(ctx, claim)
+		return errKeyInUse(w, retryAfter(err))
+	case callapi.CreatedNothing(err):
+		// A definite failure that created nothing: a retry may start afresh.
+		if rerr := c.idem.Release(ctx, claim); rerr != nil {
+			c.log.WarnContext(ctx, "idempotency key not released; retries ask the call manager, which knows nothing was created", "error", rerr)
 		}
 		return err
 	}
-	body, _ := json.Marshal(callapi.CreateResponse{Calls: calls})
-	if err := c.idem.Finish(r.Context(), scoped, cache.Record{Hash: hash, Status: http.StatusCreated, Body: body}); err != nil {
-		c.log.WarnContext(r.Context(), "idempotent answer not stored", "error", err)
+	// The outcome is unknown (no answer in time, or the call manager could not tell): the key
+	// stays taken; the next request with it asks the call manager, which knows.
+	c.yield(ctx, claim)
+	if claim.Resolving {
+		c.log.WarnContext(ctx, "the outcome of an earlier request with this Idempotency-Key is still unknown", "error", err)
+		return errKeyInUse(w, time.Second)
 	}
-	c.logPlaced(r, calls)
-	writeRaw(w, http.StatusCreated, body)
+	return err
+}
+
+// maxIdempotencyLease is how long at most a request holds its key in this store alone: a retry
+// within it is answered IN_USE here; after it (or once the holder gave up, or its process died) a
+// retry asks the call manager, which holds the key for the whole create and knows its outcome.
+const maxIdempotencyLease = 2 * time.Second
+
+func (c *calls) yield(ctx context.Context, claim *cache.Claim) {
+	if err := c.idem.Yield(ctx, claim); err != nil {
+		c.log.WarnContext(ctx, "idempotency key not handed on; it stays in use until its lease ends", "error", err)
+	}
+}
+
+// replay writes a stored answer.
+func (c *calls) replay(w http.ResponseWriter, r *http.Request, rec cache.Record) error {
+	c.m.replays.Inc()
+	c.log.InfoContext(r.Context(), "idempotent replay", "status", rec.Status)
+	w.Header().Set("Idempotent-Replayed", "true")
+	writeRaw(w, rec.Status, rec.Body)
 	return nil
 }
 
+// errKeyInUse is 409 IDEMPOTENCY_KEY_IN_USE with Retry-After (whole seconds, at least 1).
+func errKeyInUse(w http.ResponseWriter, after time.Duration) error {
+	secs := max(int((after+time.Second-1)/time.Second), 1)
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	return apierr.New(apierr.FailedPrecondition, ReasonIdempotencyInFlight,
+		"a request with this Idempotency-Key is still being served; retry later for its outcome")
+}
+
+// retryAfter is the call manager's hint in an IDEMPOTENCY_KEY_IN_USE answer (1 s without one).
+func retryAfter(err error) time.Duration {
+	if e, ok := apierr.As(err); ok {
+		for _, d := range e.Details {
+			if ms, ok := d["retry_after_ms"].(float64); ok && ms > 0 {
+				return time.Duration(ms) * time.Millisecond
+			}
+		}
+	}
+	return time.Second
+}
+
 func (c *calls) place(w http.ResponseWriter, r *http.Request, req callapi.CreateRequest) error {
-	calls, err := c.mgr.Create(r.Context(), req)
+	ctx, cancel := context.WithTimeout(r.Context(), c.timeout)
+	defer cancel()
+	calls, err := c.mgr.Create(ctx, req)
+	if apierr.HasReason(err, callapi.ErrReasonIdempotencyKeyInUse) {
+		// The call manager met this RPC before (a redelivery after it crashed): nothing new.
+		w.Header().Set("Retry-After", "1")
+		return apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "the call manager is recovering; retry")
+	}
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strconv"
@@ -27,6 +28,7 @@ const (
 	targetPoor   = "+15550000402" // 402 INSUFFICIENT_BALANCE
 	targetSilent = "+15550000504" // never answers: the gateway's RPC deadline passes
 	targetPanic  = "+15550000500" // the handler panics: INTERNAL
+	targetSlow   = "+15550000508" // answers once fakeCalls.slow is closed
 )
 
 type seen struct {
@@ -40,6 +42,15 @@ type fakeCalls struct {
 	calls   []callapi.Call // oldest first
 	creates []callapi.CreateRequest
 	seen    []seen
+	// keys are the idempotency keys met, per customer and key, as the call manager keeps them.
+	keys map[string]*fakeKey
+	slow chan struct{}
+}
+
+type fakeKey struct {
+	body    string // the request without the key
+	pending bool
+	calls   []callapi.Call
 }
 
 func (f *fakeCalls) record(ctx context.Context, r *rpc.Request) {
@@ -110,6 +121,34 @@ func (f *fakeCalls) create(ctx context.Context, r *rpc.Request) (*rpc.Response, 
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	var key *fakeKey
+	if in.IdempotencyKey != "" {
+		// The call manager's contract: one set of calls per customer and key.
+		scoped, body := in.CustomerID+"/"+in.IdempotencyKey, in
+		body.IdempotencyKey = ""
+		b, _ := json.Marshal(body)
+		if f.keys == nil {
+			f.keys = map[string]*fakeKey{}
+		}
+		if k := f.keys[scoped]; k != nil {
+			switch {
+			case k.body != string(b):
+				return nil, apierr.New(apierr.AlreadyExists, callapi.ErrReasonIdempotencyKeyReused, "key reused")
+			case k.pending:
+				return nil, apierr.New(apierr.FailedPrecondition, callapi.ErrReasonIdempotencyKeyInUse, "in use").
+					WithDetails(apierr.Detail{"retry_after_ms": 1500})
+			}
+			return rpc.JSON(201, callapi.CreateResponse{Calls: k.calls})
+		}
+		key = &fakeKey{body: string(b), pending: true}
+		f.keys[scoped] = key
+	}
+	if in.Destinations[0].Target == targetSlow {
+		slow := f.slow
+		f.mu.Unlock()
+		<-slow
+		f.mu.Lock()
+	}
 	f.creates = append(f.creates, in)
 	out := callapi.CreateResponse{}
 	for _, d := range in.Destinations {
@@ -118,6 +157,9 @@ func (f *fakeCalls) create(ctx context.Context, r *rpc.Request) (*rpc.Response, 
 			Status: callapi.StatusDialing, Direction: callapi.DirectionOutgoing, Metadata: in.Metadata, TMCreate: now, TMUpdate: now}
 		f.calls = append(f.calls, c)
 		out.Calls = append(out.Calls, c)
+	}
+	if key != nil {
+		key.pending, key.calls = false, out.Calls
 	}
 	return rpc.JSON(201, out)
 }

@@ -58,6 +58,9 @@ type options struct {
 	// callQueue, when set, is where call requests go instead of the stand-in (e.g. a queue
 	// nobody consumes).
 	callQueue string
+	// createTimeout is the wait for the call manager's answer to a create (default 2 s with the
+	// stand-in, which answers at once; the production default with real managers).
+	createTimeout time.Duration
 	// bench: no response validation, and info-level logs to nowhere (as in production, minus I/O).
 	bench bool
 	// rabbitURL, when set, is the broker (a test vhost) instead of the test broker's default.
@@ -211,6 +214,12 @@ func newHarness(t testing.TB, o options) *harness {
 	}
 	reg := prometheus.NewRegistry()
 
+	if o.createTimeout == 0 {
+		o.createTimeout = 2 * time.Second
+		if o.realManagers {
+			o.createTimeout = callapi.CreateTimeout + time.Second
+		}
+	}
 	h := &harness{t: t, db: db, rdb: rdb, prefix: prefix, reg: reg, logs: logs,
 		calls: &fakeCalls{}, billing: newFakeBilling(), hooks: newFakeWebhooks()}
 	callQ, billQ, hookQ := callapi.Queue, billingapi.Queue, webhookapi.Queue
@@ -261,7 +270,7 @@ func newHarness(t testing.TB, o options) *harness {
 		Log: log, Registerer: reg, Identity: h.svc, Auth: httpauth.New(h.svc),
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
 		Limiter: countingLimiter{next: cache.NewLimiter(limiterRedis, prefix+"rl:"), calls: &h.limiterCalls}, RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
-		Idempotency:   cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour, time.Minute),
+		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour), CallCreateTimeout: o.createTimeout,
 		LoginFailures: cache.NewFailures(loginRedis, prefix+"lf:"), LoginThrottle: o.loginThrottle,
 		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: wsStub,
 	})

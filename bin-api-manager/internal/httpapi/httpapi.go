@@ -18,6 +18,7 @@ import (
 	"voipbin/bin-api-manager/internal/cache"
 	"voipbin/bin-api-manager/internal/httpauth"
 	"voipbin/bin-api-manager/internal/ratelimit"
+	"voipbin/pkg/callapi"
 )
 
 // MaxBodyBytes is the largest request body accepted (413 beyond).
@@ -37,9 +38,10 @@ type Limiter interface {
 // IdempotencyStore keeps the answers of requests with an Idempotency-Key (cache.Idempotency
 // implements it).
 type IdempotencyStore interface {
-	Begin(ctx context.Context, key, hash string) (cache.Record, bool, error)
-	Finish(ctx context.Context, key string, r cache.Record) error
-	Abort(ctx context.Context, key string) error
+	Begin(ctx context.Context, key, hash string, lease time.Duration) (cache.Record, *cache.Claim, error)
+	Finish(ctx context.Context, c *cache.Claim, r cache.Record) (cache.Record, error)
+	Release(ctx context.Context, c *cache.Claim) error
+	Yield(ctx context.Context, c *cache.Claim) error
 }
 
 // IdentityService is what the router needs of identity.Service.
@@ -67,6 +69,10 @@ type Deps struct {
 	// LoginFailures counts failed logins (Redis); nil counts them in process only.
 	LoginFailures FailureCounter
 	LoginThrottle LoginThrottle
+	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager; it must exceed
+	// the call manager's whole budget (config checks it against callapi.CreateTimeout). 0 means
+	// callapi.CreateTimeout + 1 s.
+	CallCreateTimeout time.Duration
 
 	// CORSOrigins are the browser origins allowed to call the API ("*": any, without cookies).
 	CORSOrigins []string
@@ -90,6 +96,9 @@ type api struct {
 // New builds the router of the public API.
 func New(d Deps) http.Handler {
 	a := &api{log: d.Log, m: newMetrics(d.Registerer)}
+	if d.CallCreateTimeout <= 0 {
+		d.CallCreateTimeout = callapi.CreateTimeout + time.Second
+	}
 	r := chi.NewRouter()
 	r.Use(a.requestID, a.accessLog, a.recoverer, cors(d.CORSOrigins))
 	a.local = ratelimit.NewLocal()
@@ -123,7 +132,7 @@ func New(d Deps) http.Handler {
 			r.Mount("/v1.0/customers", (&customers{api: a, svc: d.Identity}).Routes())
 			r.Get("/v1.0/customer", (&customers{api: a, svc: d.Identity}).own)
 			r.Mount("/v1.0/accesskeys", (&accessKeys{api: a, svc: d.Identity}).Routes())
-			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency}).Routes())
+			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, timeout: d.CallCreateTimeout}).Routes())
 			b := &billing{api: a, mgr: d.Billing}
 			r.Mount("/v1.0/billing_accounts", b.AccountRoutes())
 			r.Mount("/v1.0/billings", b.BillingRoutes())

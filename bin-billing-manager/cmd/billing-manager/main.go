@@ -86,7 +86,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	log.Info("serving", "queue", billingapi.Queue, "event_queue", subscriber.Queue,
 		"rate_tel", cfg.Policy.Rates[billing.DestinationTel], "rate_sip", cfg.Policy.Rates[billing.DestinationSIP],
-		"initial_balance", cfg.Policy.InitialBalance, "reserve_minutes", cfg.Policy.ReserveMinutes,
+		"initial_balance", cfg.Policy.InitialBalance, "quota_slice", cfg.Policy.Slice.String(), "increment", cfg.Policy.Increment.String(),
 		"reservation_ttl", cfg.Policy.ReservationTTL)
 	return lifecycle.Run(ctx, log, lifecycle.Parts{
 		Admin: admin,

@@ -78,13 +78,17 @@ type Entry struct {
 	TMCreate        time.Time
 }
 
-// Reservation is what the gate holds for one call until its call.ended is charged.
+// Reservation is what the gate holds for one call until its call.ended is charged: the price of
+// the quota (talk time from the answer) granted to the call so far.
 type Reservation struct {
 	CallID string
 	// AccountID is empty for a tombstone: a release that found no reservation.
 	AccountID       string
 	DestinationType string
 	Amount          int64
+	// Granted is the quota in seconds of talk from the answer: the first slice at the gate, one
+	// more slice per extension. The call is charged for no more than this (0: not recorded).
+	Granted int
 	// RatePerMinute is the rate when the call was let through; the charge uses it, so a rate
 	// change does not reprice calls in progress.
 	RatePerMinute int64
@@ -131,6 +135,8 @@ type Change struct {
 	Account *Account
 	// Reserve, when set, is inserted.
 	Reserve *Reservation
+	// Extend, when set, is the call's active reservation with its new amount, quota and expiry.
+	Extend *Reservation
 	// Release, when set, is the reason to mark the call's reservation released at At (a
 	// tombstone is written if the call has none).
 	Release string

@@ -9,34 +9,52 @@ type Policy struct {
 	Currency string
 	// InitialBalance is credited to a new account (as a balance_add ledger entry).
 	InitialBalance int64
-	// Rates are prices in micro-units per started minute, by destination type.
+	// Rates are prices in micro-units per minute, by destination type.
 	Rates map[string]int64
-	// ReserveMinutes is how many minutes at the destination's rate the gate holds per call.
-	ReserveMinutes int
-	// ReservationTTL is how long a reservation holds money without its call.ended: the longest
-	// call plus a grace period.
+	// Increment is the billing increment: a call is billed per started increment, whole seconds
+	// (0 means 60 s: per started minute).
+	Increment time.Duration
+	// Slice is the talk time one grant of quota covers, whole seconds (0 means 60 s): the gate
+	// grants the first slice with the call, each extension one more.
+	Slice time.Duration
+	// ReservationTTL is how long a reservation holds money past its last grant without its
+	// call.ended (a backstop for a lost call.ended: the longest dial plus a grace period).
 	ReservationTTL time.Duration
 }
 
-// Price is the charge of a call of seconds at ratePerMinute, billed per started minute: any part
-// of a minute costs the whole minute, so 1 s and 60 s cost one minute and 61 s two. A call of
-// zero seconds (never answered) costs nothing.
-func Price(ratePerMinute int64, seconds int) (billableSeconds int, amount int64) {
+func wholeSeconds(d time.Duration) int {
+	if d < time.Second {
+		return 60
+	}
+	return int(d / time.Second)
+}
+
+// SliceSeconds is the length of one slice of quota in seconds.
+func (p Policy) SliceSeconds() int { return wholeSeconds(p.Slice) }
+
+// Price is the charge of seconds of talk at ratePerMinute, billed per started increment: any part
+// of an increment costs the whole increment (with the default 60 s, 1 s and 60 s cost one minute
+// and 61 s two), and a fraction of a micro-unit is rounded up. Zero seconds (a call never
+// answered) cost nothing.
+func (p Policy) Price(ratePerMinute int64, seconds int) (billableSeconds int, amount int64) {
 	if seconds <= 0 {
 		return 0, 0
 	}
-	minutes := (seconds + 59) / 60
-	return minutes * 60, int64(minutes) * ratePerMinute
+	inc := wholeSeconds(p.Increment)
+	billable := (seconds + inc - 1) / inc * inc
+	return billable, (int64(billable)*ratePerMinute + 59) / 60
 }
 
-// Required is what the gate reserves for one call at ratePerMinute.
+// Required is what the gate reserves for one call at ratePerMinute: the price of its first slice.
 func (p Policy) Required(ratePerMinute int64) int64 {
-	return int64(p.ReserveMinutes) * ratePerMinute
+	_, amount := p.Price(ratePerMinute, p.SliceSeconds())
+	return amount
 }
 
-// decideGate lets a call through if the account's available balance covers its reservation, and
-// reserves it; a call that already holds an active reservation gets the same answer again.
-func decideGate(l Locked, callID, destType string, rate, required int64, now, expire time.Time) (Change, Reservation, error) {
+// decideGate lets a call through if the account's available balance covers its first slice of
+// quota, and reserves that slice; a call that already holds an active reservation gets the same
+// answer again.
+func decideGate(l Locked, callID, destType string, rate, required int64, slice int, now, expire time.Time) (Change, Reservation, error) {
 	if r := l.Reservation; r != nil {
 		if r.Active(now) {
 			return Change{}, *r, nil
@@ -47,9 +65,44 @@ func decideGate(l Locked, callID, destType string, rate, required int64, now, ex
 	if a.Available() < required {
 		return Change{}, Reservation{}, &InsufficientBalanceError{Balance: a.Balance, Reserved: a.Reserved, Required: required}
 	}
-	r := Reservation{CallID: callID, AccountID: a.ID, DestinationType: destType, Amount: required,
+	r := Reservation{CallID: callID, AccountID: a.ID, DestinationType: destType, Amount: required, Granted: slice,
 		RatePerMinute: rate, TMCreate: now, TMExpire: expire}
 	return Change{Reserve: &r}, r, nil
+}
+
+// decideExtend grants a call's next slice of quota (credit control's next unit): the call holds
+// quota seconds of talk from its answer, and asks for quota+slice. The reservation grows to the
+// price of the new total, if the account's available balance covers the difference; otherwise
+// *InsufficientBalanceError and the call keeps what it has. quota is what the caller holds: one
+// below what the reservation grants is a retry of a request already granted and gets the same
+// answer again, so a lost reply never reserves twice. A call whose reservation is released,
+// charged or expired is ErrReservationReleased.
+func decideExtend(l Locked, p Policy, quota int, now, expire time.Time) (Change, Reservation, error) {
+	r := l.Reservation
+	if r == nil || !r.Active(now) {
+		return Change{}, Reservation{}, ErrReservationReleased
+	}
+	switch {
+	case quota > r.Granted:
+		return Change{}, Reservation{}, invalid("quota", "%d s is more than the %d s granted", quota, r.Granted)
+	case quota < r.Granted:
+		return Change{}, *r, nil
+	case r.Granted >= MaxDuration:
+		return Change{}, Reservation{}, invalid("quota", "a call may not be granted more than %d s", MaxDuration)
+	}
+	n := *r
+	n.Granted = min(r.Granted+p.SliceSeconds(), MaxDuration)
+	_, amount := p.Price(r.RatePerMinute, n.Granted)
+	if extra := amount - r.Amount; extra > 0 {
+		if a := l.Account; a.Available() < extra {
+			return Change{}, Reservation{}, &InsufficientBalanceError{Balance: a.Balance, Reserved: a.Reserved, Required: extra}
+		}
+		n.Amount = amount
+	}
+	if expire.After(n.TMExpire) {
+		n.TMExpire = expire
+	}
+	return Change{Extend: &n}, n, nil
 }
 
 // Outcomes of a charge.
@@ -73,12 +126,20 @@ type ChargeResult struct {
 	Outcome string
 	// Entry is the ledger entry written (OutcomeCharged only).
 	Entry Entry
+	// Unbilled is the talk time past the quota granted to the call, which is not charged.
+	Unbilled int
+	// Uncollected is what the call cost beyond what the balance could pay without going below
+	// what other calls hold (a reservation that expired before its call.ended): not charged.
+	Uncollected int64
 }
 
 // decideCharge charges an ended call once: an entry already in the ledger makes it a duplicate;
 // otherwise a call with a duration is priced at the rate its reservation recorded (or the current
-// rate if it has none) and debited. Whatever the outcome, the call's reservation is released.
-func decideCharge(l Locked, c CallEnded, rates map[string]int64, entryID string, now time.Time) (Change, ChargeResult, error) {
+// rate if it has none) and debited. The charge is what the call used, capped by the quota it was
+// granted, and never more than its own reservation plus what is available: the balance never
+// goes below what the account's other reservations hold, so never below zero. Whatever the
+// outcome, the call's reservation is released.
+func decideCharge(l Locked, c CallEnded, p Policy, entryID string, now time.Time) (Change, ChargeResult, error) {
 	a := l.Account
 	released := int64(0)
 	if r := l.Reservation; r != nil && r.Active(now) {
@@ -92,14 +153,22 @@ func decideCharge(l Locked, c CallEnded, rates map[string]int64, entryID string,
 	if c.Duration <= 0 {
 		return ch, ChargeResult{Outcome: OutcomeFree}, nil
 	}
-	rate, ok := rates[c.DestinationType]
+	rate, ok := p.Rates[c.DestinationType]
+	seconds := c.Duration
+	var res ChargeResult
 	if r := l.Reservation; r != nil && r.AccountID != "" {
 		rate, ok = r.RatePerMinute, true
+		if r.Granted > 0 && seconds > r.Granted {
+			res.Unbilled, seconds = seconds-r.Granted, r.Granted
+		}
 	}
 	if !ok {
 		return Change{}, ChargeResult{}, invalid("destination.type", "no rate for destination type %q", c.DestinationType)
 	}
-	billable, amount := Price(rate, c.Duration)
+	billable, amount := p.Price(rate, seconds)
+	if limit := max(a.Available()+released, 0); amount > limit {
+		res.Uncollected, amount = amount-limit, limit
+	}
 	a.Balance -= amount
 	a.Reserved -= released
 	a.TMUpdate = now
@@ -113,7 +182,8 @@ func decideCharge(l Locked, c CallEnded, rates map[string]int64, entryID string,
 	updated := Event{Type: EventAccountUpdated, Sequence: a.Sequence, Account: a}
 	ch.Events = []Event{charged, updated}
 	ch.Account = &a
-	return ch, ChargeResult{Outcome: OutcomeCharged, Entry: e}, nil
+	res.Outcome, res.Entry = OutcomeCharged, e
+	return ch, res, nil
 }
 
 // decideBalanceAdd credits amount to the account.

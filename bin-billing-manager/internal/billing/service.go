@@ -111,8 +111,8 @@ type GateRequest struct {
 }
 
 // Gate lets a call through if the customer's available balance (balance minus the reservations
-// of calls in progress) covers ReserveMinutes at the destination's rate, and reserves that much
-// for the call until its call.ended is charged. The check and the reservation happen under the
+// of calls in progress) covers the first slice of quota at the destination's rate, and reserves
+// that much for the call until its call.ended is charged; the reservation's Granted is the quota. The check and the reservation happen under the
 // account's row lock, so concurrent calls cannot overdraw it. A call asked about again gets the
 // same answer. No: *InsufficientBalanceError.
 func (s *Service) Gate(ctx context.Context, req GateRequest) (Reservation, error) {
@@ -132,12 +132,50 @@ func (s *Service) Gate(ctx context.Context, req GateRequest) (Reservation, error
 	now := s.clock()
 	var res Reservation
 	err = s.store.Update(ctx, Ref{CustomerID: customerID}, callID, now, func(l Locked) (Change, error) {
-		ch, r, err := decideGate(l, callID, req.DestinationType, rate, required, now, now.Add(s.policy.ReservationTTL))
+		ch, r, err := decideGate(l, callID, req.DestinationType, rate, required, s.policy.SliceSeconds(), now, now.Add(s.policy.ReservationTTL))
 		res = r
 		return ch, err
 	})
 	if errors.Is(err, ErrAccountNotFound) {
 		return Reservation{}, &InsufficientBalanceError{Required: required, NoAccount: true}
+	}
+	return res, err
+}
+
+// ExtendRequest asks for a call's next slice of quota.
+type ExtendRequest struct {
+	CustomerID string
+	CallID     string
+	// Quota is the quota in seconds the caller holds now.
+	Quota int
+}
+
+// Extend grants the call one more slice of quota, reserving its price under the account's row
+// lock, so concurrent requests of a customer's calls never reserve more than its balance. No:
+// *InsufficientBalanceError; a call already ended: ErrReservationReleased. A retry of a request
+// already granted gets the same answer.
+func (s *Service) Extend(ctx context.Context, req ExtendRequest) (Reservation, error) {
+	customerID, err := canonicalID("customer_id", req.CustomerID)
+	if err != nil {
+		return Reservation{}, err
+	}
+	callID, err := canonicalID("call_id", req.CallID)
+	if err != nil {
+		return Reservation{}, err
+	}
+	if req.Quota <= 0 || req.Quota > MaxDuration {
+		return Reservation{}, invalid("quota", "must be within [1, %d] seconds, got %d", MaxDuration, req.Quota)
+	}
+	now := s.clock()
+	expire := now.Add(time.Duration(s.policy.SliceSeconds())*time.Second + s.policy.ReservationTTL)
+	var res Reservation
+	err = s.store.Update(ctx, Ref{CustomerID: customerID}, callID, now, func(l Locked) (Change, error) {
+		ch, r, err := decideExtend(l, s.policy, req.Quota, now, expire)
+		res = r
+		return ch, err
+	})
+	if errors.Is(err, ErrAccountNotFound) {
+		return Reservation{}, ErrReservationReleased
 	}
 	return res, err
 }
@@ -167,7 +205,7 @@ func (s *Service) ChargeCall(ctx context.Context, c CallEnded) (ChargeResult, er
 	now := s.clock()
 	var res ChargeResult
 	err = s.store.Update(ctx, Ref{CustomerID: c.CustomerID}, c.CallID, now, func(l Locked) (Change, error) {
-		ch, r, err := decideCharge(l, c, s.policy.Rates, uuid.NewString(), now)
+		ch, r, err := decideCharge(l, c, s.policy, uuid.NewString(), now)
 		res = r
 		return ch, err
 	})

@@ -89,7 +89,7 @@ func TestBadInputNeverReachesTheStore(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			store := &recordingStore{}
-			s := NewService(Deps{Store: store, Reader: store, Policy: Policy{Rates: map[string]int64{"tel": 1}, ReserveMinutes: 1}})
+			s := NewService(Deps{Store: store, Reader: store, Policy: Policy{Rates: map[string]int64{"tel": 1}}})
 			err := tt.do(s)
 			if tt.wantField == "" {
 				if !errors.Is(err, ErrAccountNotFound) {

@@ -59,12 +59,23 @@ func load(r *envconf.Reader) Config {
 				billing.DestinationTel: r.Int64("BILLING_RATE_TEL", 20_000, 0, MaxRate),
 				billing.DestinationSIP: r.Int64("BILLING_RATE_SIP", 5_000, 0, MaxRate),
 			},
-			ReserveMinutes: r.Int("BILLING_RESERVE_MINUTES", 1, 1, 24*60),
-			// The longest call (rtc-manager's max duration, 1 h by default) plus a grace period.
+			Increment: r.Duration("BILLING_INCREMENT", time.Minute),
+			Slice:     r.Duration("BILLING_QUOTA_SLICE", time.Minute),
+			// How long a reservation outlives its last grant without its call.ended: a backstop
+			// for a lost call.ended, longer than any dial and any outage billing should ride out.
 			ReservationTTL: r.Duration("BILLING_RESERVATION_TTL", 70*time.Minute),
 		},
 		RPCWorkers:   r.Int("BILLING_RPC_WORKERS", 32, 1, 1024),
 		EventWorkers: r.Int("BILLING_EVENT_WORKERS", 8, 1, 256),
+	}
+	for name, d := range map[string]time.Duration{"BILLING_INCREMENT": c.Policy.Increment, "BILLING_QUOTA_SLICE": c.Policy.Slice} {
+		switch {
+		case d <= 0: // reported by Duration
+		case d%time.Second != 0:
+			r.Fail(name, "must be whole seconds, got %s", d)
+		case d < time.Second || d > time.Hour:
+			r.Fail(name, "%s is outside [1s, 1h]", d)
+		}
 	}
 	if !currency.MatchString(c.Policy.Currency) {
 		r.Fail("BILLING_CURRENCY", "%q is not a three-letter ISO 4217 code like USD", c.Policy.Currency)

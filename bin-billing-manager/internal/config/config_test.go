@@ -31,15 +31,15 @@ func TestLoad(t *testing.T) {
 		{name: "valid with defaults", env: nil, check: func(t *testing.T, c Config) {
 			p := c.Policy
 			if p.Currency != "USD" || p.InitialBalance != 0 || p.Rates["tel"] != 20_000 || p.Rates["sip"] != 5_000 ||
-				p.ReserveMinutes != 1 || p.ReservationTTL != 70*time.Minute || c.RPCWorkers != 32 || c.EventWorkers != 8 {
+				p.Increment != time.Minute || p.Slice != time.Minute || p.ReservationTTL != 70*time.Minute || c.RPCWorkers != 32 || c.EventWorkers != 8 {
 				t.Fatalf("defaults = %+v", c)
 			}
 		}},
 		{name: "billing settings", env: map[string]string{"BILLING_INITIAL_BALANCE": "10000000", "BILLING_RATE_TEL": "60000",
-			"BILLING_RATE_SIP": "0", "BILLING_RESERVE_MINUTES": "2", "BILLING_RESERVATION_TTL": "2h", "BILLING_CURRENCY": "EUR"},
+			"BILLING_RATE_SIP": "0", "BILLING_QUOTA_SLICE": "30s", "BILLING_INCREMENT": "6s", "BILLING_RESERVATION_TTL": "2h", "BILLING_CURRENCY": "EUR"},
 			check: func(t *testing.T, c Config) {
 				p := c.Policy
-				if p.InitialBalance != 10_000_000 || p.Rates["tel"] != 60_000 || p.Rates["sip"] != 0 || p.ReserveMinutes != 2 ||
+				if p.InitialBalance != 10_000_000 || p.Rates["tel"] != 60_000 || p.Rates["sip"] != 0 || p.Slice != 30*time.Second || p.Increment != 6*time.Second ||
 					p.ReservationTTL != 2*time.Hour || p.Currency != "EUR" {
 					t.Fatalf("policy = %+v", p)
 				}
@@ -49,9 +49,9 @@ func TestLoad(t *testing.T) {
 		{name: "all malformed", env: map[string]string{"DATABASE_DSN": "nonsense", "RABBITMQ_ADDRESS": "http://x/", "REDIS_ADDRESS": "no-port", "ADMIN_ADDRESS": "x"},
 			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS", "ADMIN_ADDRESS"}},
 		{name: "billing malformed", env: map[string]string{"BILLING_INITIAL_BALANCE": "-1", "BILLING_RATE_TEL": "ten",
-			"BILLING_RATE_SIP": "99999999999", "BILLING_RESERVE_MINUTES": "0", "BILLING_RESERVATION_TTL": "-5m",
+			"BILLING_RATE_SIP": "99999999999", "BILLING_QUOTA_SLICE": "0s", "BILLING_INCREMENT": "1500ms", "BILLING_RESERVATION_TTL": "-5m",
 			"BILLING_CURRENCY": "dollars", "BILLING_RPC_WORKERS": "0", "BILLING_EVENT_WORKERS": "x"},
-			wantErr: []string{"BILLING_INITIAL_BALANCE", "BILLING_RATE_TEL", "BILLING_RATE_SIP", "BILLING_RESERVE_MINUTES",
+			wantErr: []string{"BILLING_INITIAL_BALANCE", "BILLING_RATE_TEL", "BILLING_RATE_SIP", "BILLING_QUOTA_SLICE", "BILLING_INCREMENT",
 				"BILLING_RESERVATION_TTL", "BILLING_CURRENCY", "BILLING_RPC_WORKERS", "BILLING_EVENT_WORKERS"}},
 	}
 	for _, tt := range tests {

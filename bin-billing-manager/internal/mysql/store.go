@@ -186,15 +186,16 @@ func lockedState(ctx context.Context, tx *sql.Tx, a billing.Account, callID stri
 		rCall, rAccount        []byte
 		rDest, rReason         sql.NullString
 		rAmount, rRate         sql.NullInt64
+		rGranted               sql.NullInt64
 		rCreate, rExpire, rRel sql.NullTime
 	)
 	err := tx.QueryRowContext(ctx, `SELECT
 		(SELECT COALESCE(SUM(amount), 0) FROM billing_reservations WHERE account_id = ? AND tm_release IS NULL AND tm_expire > ?),
 		EXISTS (SELECT 1 FROM billing_ledger WHERE call_id = ?),
-		r.call_id, r.account_id, r.destination_type, r.amount, r.rate_per_minute, r.tm_create, r.tm_expire, r.tm_release, r.release_reason
+		r.call_id, r.account_id, r.destination_type, r.amount, r.granted, r.rate_per_minute, r.tm_create, r.tm_expire, r.tm_release, r.release_reason
 		FROM (SELECT 1 AS one) AS x LEFT JOIN billing_reservations r ON r.call_id = ?`,
 		mustBin(a.ID), now, call, call).
-		Scan(&reserved, &charged, &rCall, &rAccount, &rDest, &rAmount, &rRate, &rCreate, &rExpire, &rRel, &rReason)
+		Scan(&reserved, &charged, &rCall, &rAccount, &rDest, &rAmount, &rGranted, &rRate, &rCreate, &rExpire, &rRel, &rReason)
 	if err != nil {
 		return billing.Locked{}, fmt.Errorf("read reservations and ledger: %w", err)
 	}
@@ -203,7 +204,7 @@ func lockedState(ctx context.Context, tx *sql.Tx, a billing.Account, callID stri
 	if rCall == nil {
 		return l, nil
 	}
-	r := billing.Reservation{CallID: str(rCall), DestinationType: rDest.String, Amount: rAmount.Int64,
+	r := billing.Reservation{CallID: str(rCall), DestinationType: rDest.String, Amount: rAmount.Int64, Granted: int(rGranted.Int64),
 		RatePerMinute: rRate.Int64, TMCreate: rCreate.Time, TMExpire: rExpire.Time, ReleaseReason: rReason.String}
 	if rRel.Valid {
 		r.TMRelease = &rRel.Time
@@ -225,14 +226,25 @@ func (s *Store) apply(ctx context.Context, tx *sql.Tx, accountID, callID string,
 		}
 	}
 	if r := ch.Reserve; r != nil {
-		_, err := tx.ExecContext(ctx, `INSERT INTO billing_reservations (call_id, account_id, destination_type, amount, rate_per_minute, tm_create, tm_expire)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`, mustBin(r.CallID), mustBin(r.AccountID), r.DestinationType, r.Amount, r.RatePerMinute, r.TMCreate, r.TMExpire)
+		_, err := tx.ExecContext(ctx, `INSERT INTO billing_reservations (call_id, account_id, destination_type, amount, granted, rate_per_minute, tm_create, tm_expire)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, mustBin(r.CallID), mustBin(r.AccountID), r.DestinationType, r.Amount, r.Granted, r.RatePerMinute, r.TMCreate, r.TMExpire)
 		if isDuplicate(err) {
 			// A release (tombstone) committed between our read and this insert.
 			return billing.ErrReservationReleased
 		}
 		if err != nil {
 			return fmt.Errorf("insert reservation: %w", err)
+		}
+	}
+	if r := ch.Extend; r != nil {
+		res, err := tx.ExecContext(ctx, `UPDATE billing_reservations SET amount = ?, granted = ?, tm_expire = ?
+			WHERE call_id = ? AND account_id = ? AND tm_release IS NULL`, r.Amount, r.Granted, r.TMExpire, mustBin(r.CallID), mustBin(r.AccountID))
+		if err != nil {
+			return fmt.Errorf("extend reservation: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			// A release (which does not take the account's lock) committed since our read.
+			return billing.ErrReservationReleased
 		}
 	}
 	if ch.Release != "" && callID != "" {

@@ -29,7 +29,7 @@ const (
 
 func policy(initial int64) billing.Policy {
 	return billing.Policy{Currency: "USD", InitialBalance: initial, Rates: map[string]int64{"tel": rateTel, "sip": rateSIP},
-		ReserveMinutes: 1, ReservationTTL: 70 * time.Minute}
+		ReservationTTL: 70 * time.Minute}
 }
 
 // clock is a settable clock for the service and the sweeper.
@@ -273,7 +273,9 @@ func TestConcurrentGatesNeverOverdraw(t *testing.T) {
 }
 
 func TestChargeOnceUnderConcurrentDuplicates(t *testing.T) {
-	e := newEnv(t, policy(1_000_000))
+	p := policy(1_000_000)
+	p.Slice = 2 * time.Minute // the quota covers the 61 s call
+	e := newEnv(t, p)
 	cus, acc := e.customer(t)
 	call := uuid.NewString()
 	if _, err := e.svc.Gate(bg(), billing.GateRequest{CustomerID: cus, CallID: call, DestinationType: "tel"}); err != nil {
@@ -390,7 +392,9 @@ func TestChargeWithoutAccount(t *testing.T) {
 }
 
 func TestBalanceAddAndTheLedgerSumsToTheBalance(t *testing.T) {
-	e := newEnv(t, policy(500_000))
+	p := policy(500_000)
+	p.Slice = time.Hour // the quota covers every call
+	e := newEnv(t, p)
 	cus, acc := e.customer(t)
 	if _, err := e.svc.BalanceAdd(bg(), acc.ID, 250_000); err != nil {
 		t.Fatal(err)
@@ -618,5 +622,117 @@ func TestGateArrivingAfterCallEndedIsRefused(t *testing.T) {
 	}
 	if a := e.account(t, acc.ID); a.Reserved != 0 || a.Balance != 9*rateTel {
 		t.Fatalf("account = %+v", a)
+	}
+}
+
+// Concurrent requests for the next slice of quota, by every call of one account and each sent
+// twice (a retry racing the original), never reserve more than the balance; each call is then
+// charged what it was granted at most, and the balance ends at zero, never below, equal to the
+// ledger.
+func TestConcurrentExtensionsNeverOverReserve(t *testing.T) {
+	p := policy(100_000) // 100 s at 1 000 a second
+	p.Rates["tel"] = 60_000
+	p.Increment, p.Slice = time.Second, 10*time.Second
+	e := newEnv(t, p)
+	cus, acc := e.customer(t)
+	calls := make([]string, 4)
+	for i := range calls {
+		calls[i] = uuid.NewString()
+		r, err := e.svc.Gate(bg(), billing.GateRequest{CustomerID: cus, CallID: calls[i], DestinationType: "tel"})
+		if err != nil || r.Granted != 10 || r.Amount != 10_000 {
+			t.Fatalf("Gate = %+v, %v; want 10 s for 10000", r, err)
+		}
+	}
+	granted := make([]int, len(calls))
+	var wg sync.WaitGroup
+	for i, call := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			quota := 10
+			for {
+				// The request and its retry race each other.
+				results := make(chan billing.Reservation, 2)
+				errs := make(chan error, 2)
+				for range 2 {
+					go func() {
+						r, err := e.svc.Extend(bg(), billing.ExtendRequest{CustomerID: cus, CallID: call, Quota: quota})
+						results <- r
+						errs <- err
+					}()
+				}
+				var refused bool
+				for range 2 {
+					r, err := <-results, <-errs
+					var low *billing.InsufficientBalanceError
+					switch {
+					case errors.As(err, &low):
+						refused = true
+					case err != nil:
+						t.Errorf("Extend: %v", err)
+						return
+					case r.Granted != quota+10:
+						t.Errorf("Extend(%d) granted %d, want %d", quota, r.Granted, quota+10)
+						return
+					}
+				}
+				if refused {
+					granted[i] = quota
+					return
+				}
+				quota += 10
+			}
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for _, g := range granted {
+		total += g
+	}
+	if total != 100 {
+		t.Fatalf("granted %v (%d s), want 100 s in all: the balance covers 100 s", granted, total)
+	}
+	if a := e.account(t, acc.ID); a.Reserved != 100_000 || a.Available() != 0 {
+		t.Fatalf("account reserved %d available %d; want 100000 and 0", a.Reserved, a.Available())
+	}
+	// Each call talked 3 s past its quota (the BYE's delay): charged its quota only.
+	for i, call := range calls {
+		res, err := e.svc.ChargeCall(bg(), billing.CallEnded{CallID: call, CustomerID: cus, DestinationType: "tel", Duration: granted[i] + 3})
+		if err != nil || res.Entry.Amount != -int64(granted[i])*1_000 || res.Unbilled != 3 {
+			t.Fatalf("charge of %d s granted = %+v, %v", granted[i], res, err)
+		}
+	}
+	a := e.account(t, acc.ID)
+	accID := uuid.MustParse(acc.ID)
+	sum := e.count(t, "SELECT CAST(SUM(amount) AS SIGNED) FROM billing_ledger WHERE account_id = ?", accID[:])
+	if a.Balance != 0 || a.Reserved != 0 || int64(sum) != a.Balance {
+		t.Fatalf("balance %d reserved %d ledger %d; want 0, 0, 0", a.Balance, a.Reserved, sum)
+	}
+	// A call that ended gets no more quota.
+	_, err := e.svc.Extend(bg(), billing.ExtendRequest{CustomerID: cus, CallID: calls[0], Quota: granted[0]})
+	if !errors.Is(err, billing.ErrReservationReleased) {
+		t.Fatalf("Extend after the charge = %v, want ErrReservationReleased", err)
+	}
+}
+
+// A reservation that expired without its call.ended frees its money for other calls; its late
+// charge then takes only what the balance can pay above what the others hold.
+func TestLateChargeAfterExpiryNeverGoesBelowZero(t *testing.T) {
+	e := newEnv(t, policy(rateTel))
+	cus, acc := e.customer(t)
+	first, second := uuid.NewString(), uuid.NewString()
+	if _, err := e.svc.Gate(bg(), billing.GateRequest{CustomerID: cus, CallID: first, DestinationType: "tel"}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(71 * time.Minute) // the first reservation expired
+	if _, err := e.svc.Gate(bg(), billing.GateRequest{CustomerID: cus, CallID: second, DestinationType: "tel"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := e.svc.ChargeCall(bg(), billing.CallEnded{CallID: first, CustomerID: cus, DestinationType: "tel", Duration: 60})
+	if err != nil || res.Entry.Amount != 0 || res.Uncollected != rateTel {
+		t.Fatalf("late charge = %+v, %v; want nothing collected", res, err)
+	}
+	if a := e.account(t, acc.ID); a.Balance != rateTel || a.Reserved != rateTel {
+		t.Fatalf("balance %d reserved %d; the second call's reservation must stay covered", a.Balance, a.Reserved)
 	}
 }

@@ -24,6 +24,7 @@ import (
 // Gatekeeper decides whether calls may start.
 type Gatekeeper interface {
 	Gate(ctx context.Context, req billing.GateRequest) (billing.Reservation, error)
+	Extend(ctx context.Context, req billing.ExtendRequest) (billing.Reservation, error)
 	Release(ctx context.Context, callID string) error
 }
 
@@ -54,6 +55,7 @@ type Handlers struct {
 	accounts  Accounts
 	log       *slog.Logger
 	decisions *prometheus.CounterVec
+	extends   *prometheus.CounterVec
 }
 
 // New makes the handlers; Register adds them to a router.
@@ -61,11 +63,16 @@ func New(d Deps) *Handlers {
 	h := &Handlers{gate: d.Gate, accounts: d.Accounts, log: d.Log,
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_gate_decisions_total",
 			Help: "Balance gate decisions by result (allowed, refused, invalid, error)."}, []string{"result"})}
+	h.extends = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "billing_quota_extensions_total",
+		Help: "Requests for a call's next slice of quota by result (granted, refused, ended, invalid, error)."}, []string{"result"})
 	for _, r := range []string{"allowed", "refused", "invalid", "error"} {
 		h.decisions.WithLabelValues(r) // export zeros, so rates work from the start
 	}
+	for _, r := range []string{"granted", "refused", "ended", "invalid", "error"} {
+		h.extends.WithLabelValues(r)
+	}
 	if d.Registerer != nil {
-		d.Registerer.MustRegister(h.decisions)
+		d.Registerer.MustRegister(h.decisions, h.extends)
 	}
 	return h
 }
@@ -74,6 +81,7 @@ func New(d Deps) *Handlers {
 func (h *Handlers) Register(r Router) {
 	r.Handle(billingapi.RouteGate, h.handleGate)
 	r.Handle(billingapi.RouteRelease, h.handleRelease)
+	r.Handle(billingapi.RouteExtend, h.handleExtend)
 	r.Handle(billingapi.RouteAccounts, h.handleAccounts)
 	r.Handle(billingapi.RouteAccount, h.handleAccount)
 	r.Handle(billingapi.RouteBalanceAdd, h.handleBalanceAdd)
@@ -115,7 +123,7 @@ func (h *Handlers) handleGate(ctx context.Context, r *rpc.Request) (*rpc.Respons
 	case err == nil:
 		h.decisions.WithLabelValues("allowed").Inc()
 		h.log.InfoContext(ctx, "balance gate: call allowed", "destination_type", in.DestinationType, "reserved", res.Amount)
-		return rpc.JSON(http.StatusOK, billingapi.GateResponse{Allowed: true, Reserved: res.Amount})
+		return rpc.JSON(http.StatusOK, billingapi.GateResponse{Allowed: true, Reserved: res.Amount, Quota: res.Granted})
 	case errors.As(err, &low) || errors.Is(err, billing.ErrReservationReleased):
 		h.decisions.WithLabelValues("refused").Inc()
 		h.log.InfoContext(ctx, "balance gate: call refused", "destination_type", in.DestinationType, "reason", err.Error())
@@ -123,6 +131,35 @@ func (h *Handlers) handleGate(ctx context.Context, r *rpc.Request) (*rpc.Respons
 		h.decisions.WithLabelValues("invalid").Inc()
 	default:
 		h.decisions.WithLabelValues("error").Inc()
+	}
+	return nil, apiError(err)
+}
+
+func (h *Handlers) handleExtend(ctx context.Context, r *rpc.Request) (*rpc.Response, error) {
+	var in billingapi.ExtendRequest
+	if err := r.Decode(&in); err != nil {
+		h.extends.WithLabelValues("invalid").Inc()
+		return nil, err
+	}
+	callID := r.Param("call_id")
+	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, in.CustomerID), callID)
+	res, err := h.gate.Extend(ctx, billing.ExtendRequest{CustomerID: in.CustomerID, CallID: callID, Quota: in.Quota})
+	var inv *billing.InvalidError
+	var low *billing.InsufficientBalanceError
+	switch {
+	case err == nil:
+		h.extends.WithLabelValues("granted").Inc()
+		h.log.DebugContext(ctx, "quota extended", "quota", res.Granted, "reserved", res.Amount)
+		return rpc.JSON(http.StatusOK, billingapi.ExtendResponse{Quota: res.Granted, Reserved: res.Amount})
+	case errors.As(err, &low):
+		h.extends.WithLabelValues("refused").Inc()
+		h.log.InfoContext(ctx, "quota refused: balance exhausted", "quota", in.Quota, "reason", err.Error())
+	case errors.Is(err, billing.ErrReservationReleased):
+		h.extends.WithLabelValues("ended").Inc()
+	case errors.As(err, &inv):
+		h.extends.WithLabelValues("invalid").Inc()
+	default:
+		h.extends.WithLabelValues("error").Inc()
 	}
 	return nil, apiError(err)
 }

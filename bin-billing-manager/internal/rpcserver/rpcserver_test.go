@@ -43,7 +43,7 @@ func newStack(t testing.TB, initial int64) *stack {
 	}
 	store := mysql.NewStore(db, mysql.Options{})
 	svc := billing.NewService(billing.Deps{Store: store, Reader: store, Policy: billing.Policy{Currency: "USD",
-		InitialBalance: initial, Rates: map[string]int64{"tel": rateTel, "sip": rateSIP}, ReserveMinutes: 1, ReservationTTL: time.Hour}})
+		InitialBalance: initial, Rates: map[string]int64{"tel": rateTel, "sip": rateSIP}, ReservationTTL: time.Hour}})
 	conn := testenv.Rabbit(t)
 	reg := prometheus.NewRegistry()
 	srv := rpc.NewServer(conn, billingapi.Queue, testenv.Logger(t), rpc.ServerOptions{Workers: 32, Registerer: reg})
@@ -143,6 +143,33 @@ func TestGateThroughRPC(t *testing.T) {
 	// A customer with no account is refused like one with no money.
 	_, err = s.client.Gate(bg(), billingapi.GateRequest{CustomerID: uuid.NewString(), CallID: uuid.NewString(), DestinationType: "tel"})
 	wantAPIError(t, err, apierr.PaymentRequired, billingapi.ErrReasonInsufficientBalance)
+}
+
+// The next slice of quota through the real transport: granted while the balance covers it (a
+// retry gets the same answer), then 402, and 409 once the call was charged.
+func TestExtendThroughRPC(t *testing.T) {
+	s := newStack(t, 2*rateTel) // default policy: 60 s slices per started minute
+	cus, _ := s.customer(t)
+	call := uuid.NewString()
+	got, err := s.client.Gate(bg(), billingapi.GateRequest{CustomerID: cus, CallID: call, DestinationType: "tel"})
+	if err != nil || got.Quota != 60 || got.Reserved != rateTel {
+		t.Fatalf("Gate = %+v, %v; want 60 s for one minute", got, err)
+	}
+	for range 2 {
+		ext, err := s.client.Extend(bg(), call, billingapi.ExtendRequest{CustomerID: cus, Quota: 60})
+		if err != nil || ext.Quota != 120 || ext.Reserved != 2*rateTel {
+			t.Fatalf("Extend = %+v, %v; want 120 s for two minutes", ext, err)
+		}
+	}
+	_, err = s.client.Extend(bg(), call, billingapi.ExtendRequest{CustomerID: cus, Quota: 120})
+	wantAPIError(t, err, apierr.PaymentRequired, billingapi.ErrReasonInsufficientBalance)
+	_, err = s.client.Extend(bg(), call, billingapi.ExtendRequest{CustomerID: cus, Quota: 0})
+	wantAPIError(t, err, apierr.InvalidArgument, apierr.ReasonInvalidArgument)
+	if _, err := s.svc.ChargeCall(bg(), billing.CallEnded{CallID: call, CustomerID: cus, DestinationType: "tel", Duration: 125}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.client.Extend(bg(), call, billingapi.ExtendRequest{CustomerID: cus, Quota: 120})
+	wantAPIError(t, err, apierr.FailedPrecondition, billingapi.ErrReasonReservationReleased)
 }
 
 func TestBadInputIsATypedError(t *testing.T) {

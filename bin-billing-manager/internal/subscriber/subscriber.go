@@ -135,6 +135,11 @@ func (h *Handler) callEnded(ctx context.Context, ev event.Event) error {
 		h.amount.WithLabelValues(c.DestinationType).Add(float64(-res.Entry.Amount))
 		h.log.InfoContext(ctx, "call charged", "amount", -res.Entry.Amount, "billable_seconds", res.Entry.BillableSeconds,
 			"duration", c.Duration, "rate_per_minute", res.Entry.RatePerMinute, "balance_after", res.Entry.BalanceAfter)
+		if res.Unbilled > 0 || res.Uncollected > 0 {
+			// Talk past the granted quota (the BYE's delay) or a reservation that expired before
+			// its call.ended: the balance never goes below zero, so this is not charged.
+			h.log.WarnContext(ctx, "call not charged in full", "unbilled_seconds", res.Unbilled, "uncollected", res.Uncollected)
+		}
 	case billing.OutcomeFree:
 		h.log.InfoContext(ctx, "call ended unanswered: nothing charged, reservation released")
 	case billing.OutcomeDuplicate:

@@ -72,7 +72,7 @@ func startStack(t testing.TB, o stackOptions) *stack {
 	relay := event.NewRelay(db, conn, mysql.OutboxTable, log, event.RelayOptions{})
 	store := mysql.NewStore(db, mysql.Options{OnCommit: relay.Kick})
 	svc := billing.NewService(billing.Deps{Store: store, Reader: store, Policy: billing.Policy{Currency: "USD",
-		InitialBalance: initial, Rates: map[string]int64{"tel": rateTel, "sip": 0}, ReserveMinutes: 1, ReservationTTL: time.Hour}})
+		InitialBalance: initial, Rates: map[string]int64{"tel": rateTel, "sip": 0}, ReservationTTL: time.Hour}})
 	h := subscriber.New(subscriber.Deps{Opener: svc, Charger: svc, Log: log, Registerer: reg})
 	sub := event.NewSubscriber(conn, log, event.SubscriberOptions{Queue: subscriber.Queue, Bindings: subscriber.Bindings(),
 		Workers: workers, MaxAttempts: 3, Backoff: 10 * time.Millisecond, Registerer: reg,
@@ -252,6 +252,12 @@ func TestDuplicatedCallEndedChargesOnce(t *testing.T) {
 	call := uuid.NewString()
 	if _, err := s.svc.Gate(context.Background(), billing.GateRequest{CustomerID: cus, CallID: call, DestinationType: "tel"}); err != nil {
 		t.Fatal(err)
+	}
+
+	for _, quota := range []int{60, 120} { // the call got three minutes of quota
+		if _, err := s.svc.Extend(context.Background(), billing.ExtendRequest{CustomerID: cus, CallID: call, Quota: quota}); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	ended := callEnded(t, cus, call, "tel", 125) // three started minutes

@@ -73,6 +73,7 @@ type fakeBilling struct {
 	budget   map[string]int
 	gates    []billingapi.GateRequest
 	released []string
+	hold     chan struct{} // when set, gates wait until it is closed
 }
 
 func (f *fakeBilling) setBudget(customer string, n int) {
@@ -85,6 +86,12 @@ func (f *fakeBilling) gate(_ context.Context, r *rpc.Request) (*rpc.Response, er
 	var req billingapi.GateRequest
 	if err := r.Decode(&req); err != nil {
 		return nil, err
+	}
+	f.mu.Lock()
+	hold := f.hold
+	f.mu.Unlock()
+	if hold != nil {
+		<-hold
 	}
 	f.mu.Lock()
 	f.gates = append(f.gates, req)
@@ -295,7 +302,9 @@ func runServer(t testing.TB, conn *amqp.Conn, queue string, exclusive bool, rout
 
 func testCallConfig() config.Call {
 	return config.Call{DialTimeout: 60 * time.Second, MaxDuration: time.Hour, ReaperGrace: 2 * time.Minute,
-		ReaperInterval: 20 * time.Millisecond, ProbeInterval: 30 * time.Second, RPCTimeout: 3 * time.Second, CacheTTL: time.Hour}
+		ReaperInterval: 20 * time.Millisecond, ProbeInterval: 30 * time.Second, RPCTimeout: 3 * time.Second, CacheTTL: time.Hour,
+		CreateBudget: 8 * time.Second, GateBudget: 3 * time.Second, DialBudget: 3 * time.Second,
+		QuotaLead: 10 * time.Second, QuotaInterval: 100 * time.Millisecond}
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {

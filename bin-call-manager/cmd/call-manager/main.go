@@ -118,18 +118,21 @@ type wiring struct {
 }
 
 // serve builds the call manager on w and runs it until ctx ends (or a part fails): the RPC
-// server, the rtc event subscriber, the reaper and the cache's stale-entry cleaner, then lets the
-// outbox relay publish what they committed before it returns.
+// server, the rtc event subscriber, the reaper, the quota renewer and the cache's stale-entry
+// cleaner, then lets the outbox relay publish what they committed before it returns.
 func serve(ctx context.Context, w wiring) error {
 	relay := event.NewRelay(w.db, w.conn, mysql.OutboxTable, w.log, event.RelayOptions{Registerer: w.reg})
 	store := mysql.NewCallStore(w.db)
 	calls := cache.New(w.rdb, w.log, cache.Options{TTL: w.cfg.CacheTTL, Registerer: w.reg})
+	billing, rtc := billingapi.NewClient(w.caller), rtcapi.NewClient(w.caller)
 	svc := call.NewService(call.Deps{
-		Store: store, Due: store, Cache: calls,
-		Gate: billingapi.NewClient(w.caller), RTC: rtcapi.NewClient(w.caller),
+		Store: store, Requests: store, Due: store, Cache: calls,
+		Gate: billing, RTC: rtc, Credit: billing, Enforcer: rtc, Renewals: store,
 		Relay: relay, Log: w.log, Metrics: call.NewMetrics(w.reg), Now: w.now,
 		Settings: call.Settings{DialTimeout: w.cfg.DialTimeout, MaxDuration: w.cfg.MaxDuration,
-			ReaperGrace: w.cfg.ReaperGrace, ProbeInterval: w.cfg.ProbeInterval, RPCTimeout: w.cfg.RPCTimeout},
+			ReaperGrace: w.cfg.ReaperGrace, ProbeInterval: w.cfg.ProbeInterval, RPCTimeout: w.cfg.RPCTimeout,
+			CreateBudget: w.cfg.CreateBudget, GateBudget: w.cfg.GateBudget, DialBudget: w.cfg.DialBudget,
+			QuotaLead: w.cfg.QuotaLead, QuotaInterval: w.cfg.QuotaInterval},
 	})
 	srv := rpc.NewServer(w.conn, w.queue, w.log, rpc.ServerOptions{Registerer: w.reg})
 	rpcserver.Register(srv, svc)
@@ -144,6 +147,7 @@ func serve(ctx context.Context, w wiring) error {
 	work.Go(func() error { return srv.Run(workCtx) })
 	work.Go(func() error { return sub.Run(workCtx) })
 	work.Go(func() error { return svc.RunReaper(workCtx, w.cfg.ReaperInterval) })
+	work.Go(func() error { return svc.RunRenewer(workCtx, w.cfg.QuotaInterval) })
 	work.Go(func() error { return calls.Run(workCtx) })
 	work.Go(func() error {
 		<-workCtx.Done()

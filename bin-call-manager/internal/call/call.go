@@ -35,6 +35,9 @@ type Call struct {
 	SIPCallID string
 	// DialTimeout is the dial timeout sent to rtc, in seconds.
 	DialTimeout int
+	// Quota is the talk time granted by billing and enforced by the rtc node, in seconds from the
+	// answer (0: none).
+	Quota int
 	// Sequence is the sequence number of the call's last event.
 	Sequence int64
 	// Version counts every write of the row; the cache keeps the highest.
@@ -46,7 +49,10 @@ type Call struct {
 	// TMDeadline is when the reaper ends the call if rtc has not.
 	TMDeadline time.Time
 	// TMCheck is when the reaper looks at the call next; nil once it has ended.
-	TMCheck  *time.Time
+	TMCheck *time.Time
+	// TMRenew is when the renewer asks for the call's next slice of quota; nil when it never
+	// will (no quota, not answered yet, ended).
+	TMRenew  *time.Time
 	TMDelete *time.Time
 
 	events []Event
@@ -236,7 +242,7 @@ func (c *Call) End(e Ending, now time.Time) bool {
 	c.Status, c.TMHangup = to, &at
 	c.HangupReason, c.HangupBy, c.HangupCause, c.SIPCode = o.Reason, o.By, o.Cause, e.SIPCode
 	c.Duration = Duration(c.TMProgressing, at)
-	c.TMCheck = nil
+	c.TMCheck, c.TMRenew = nil, nil
 	c.record(callapi.EventEnded, from, stamp(now))
 	return true
 }

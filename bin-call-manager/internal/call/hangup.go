@@ -27,6 +27,7 @@ type Outcome struct {
 var validReasons = map[string]bool{
 	callapi.ReasonNormal: true, callapi.ReasonFailed: true, callapi.ReasonBusy: true, callapi.ReasonCancel: true,
 	callapi.ReasonTimeout: true, callapi.ReasonNoanswer: true, callapi.ReasonDialout: true,
+	callapi.ReasonBalanceExhausted: true,
 }
 
 // Derive works out how a call ended from its direction, its status just before the end, and the
@@ -37,7 +38,7 @@ var validReasons = map[string]bool{
 //
 // hangup_reason:
 //  1. the reason the rtc node reported, when it is a valid one (noanswer for its dial timeout,
-//     timeout for the max duration, …);
+//     timeout for the max duration, balance_exhausted when the call's quota ran out, …);
 //  2. cancel if we were canceling (hung up locally before the answer);
 //  3. normal if the call was answered (progressing or terminating);
 //  4. otherwise, from the final SIP status (or, without one, the SIP status of the cause, RFC
@@ -47,7 +48,7 @@ var validReasons = map[string]bool{
 // hangup_by:
 //  1. local if we were canceling or terminating (we asked for it);
 //  2. the side the rtc node reported, when valid;
-//  3. local for timeout and dialout (our own timers);
+//  3. local for timeout, dialout and balance_exhausted (our own timers and credit control);
 //  4. the side that does such a thing: a cancel comes from the caller, a busy/noanswer/failed
 //     answer from the callee, and a normal end after the answer from the far end (had we ended
 //     it, the call would have been terminating). The caller is local on an outgoing call and
@@ -79,7 +80,7 @@ func Derive(direction string, from callapi.Status, e Ending) Outcome {
 		o.By = callapi.HangupByLocal
 	case e.By == callapi.HangupByLocal || e.By == callapi.HangupByRemote:
 		o.By = e.By
-	case o.Reason == callapi.ReasonTimeout || o.Reason == callapi.ReasonDialout:
+	case o.Reason == callapi.ReasonTimeout || o.Reason == callapi.ReasonDialout || o.Reason == callapi.ReasonBalanceExhausted:
 		o.By = callapi.HangupByLocal
 	case o.Reason == callapi.ReasonCancel:
 		o.By = caller

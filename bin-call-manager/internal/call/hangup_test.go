@@ -22,6 +22,9 @@ func TestDerive(t *testing.T) {
 		{"terminating: we hung up", out, terminating, Ending{Cause: 16, SIPCode: 200, By: "remote"}, Outcome{"normal", "local", 16}},
 		{"max duration on the node", out, progressing, Ending{Cause: 16, By: "local", Reason: "timeout"}, Outcome{"timeout", "local", 16}},
 		{"timeout without a side", out, progressing, Ending{Reason: "timeout"}, Outcome{"timeout", "local", 102}},
+		{"quota used up on the node", out, progressing, Ending{Cause: 16, SIPCode: 200, By: "local", Reason: "balance_exhausted"},
+			Outcome{"balance_exhausted", "local", 16}},
+		{"quota used up, no side reported", out, progressing, Ending{Reason: "balance_exhausted"}, Outcome{"balance_exhausted", "local", 16}},
 
 		// Local cancel before the answer.
 		{"canceling, 487", out, canceling, Ending{Cause: 127, SIPCode: 487, By: "local"}, Outcome{"cancel", "local", 127}},

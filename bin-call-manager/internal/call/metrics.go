@@ -14,6 +14,8 @@ type Metrics struct {
 	transitions *prometheus.CounterVec
 	rtcEvents   *prometheus.CounterVec
 	reaped      *prometheus.CounterVec
+	renewals    *prometheus.CounterVec
+	keyed       *prometheus.CounterVec
 }
 
 // NewMetrics makes the call metrics and registers them on reg (nil: not registered).
@@ -30,9 +32,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			[]string{"type", "outcome"}),
 		reaped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_reaped_total",
 			Help: "Calls the reaper ended, by why: deadline, orphan (never dialled), node_gone."}, []string{"why"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_quota_renewals_total",
+			Help: "Quota renewal attempts by result: granted, refused (no balance), unavailable (billing not reached), " +
+				"rtc_unavailable, exhausted (the call outlived its quota and was ended), ended."}, []string{"result"}),
+		keyed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "call_create_keyed_total",
+			Help: "Create requests with an idempotency key, by outcome: created, replayed (the calls of the first, nothing dialled), in_use, reused, taken_over (of an attempt that did not finish), failed."},
+			[]string{"outcome"}),
+	}
+	for _, r := range []string{"granted", "refused", "unavailable", "rtc_unavailable", "exhausted", "ended"} {
+		m.renewals.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped)
+		reg.MustRegister(m.created, m.ended, m.transitions, m.rtcEvents, m.reaped, m.renewals, m.keyed)
 	}
 	return m
 }
@@ -56,3 +67,5 @@ func (m *Metrics) rtcEvent(typ, outcome string) {
 	}
 	m.rtcEvents.WithLabelValues(typ, outcome).Inc()
 }
+
+func (m *Metrics) renewal(result string) { m.renewals.WithLabelValues(result).Inc() }

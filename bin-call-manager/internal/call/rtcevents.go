@@ -38,7 +38,13 @@ func (s *Service) OnRTCEvent(ctx context.Context, typ string, ev rtcapi.Event) e
 		case rtcapi.EventRinging:
 			changed = c.Ringing(ev.At, now) || changed
 		case rtcapi.EventAnswered:
-			changed = c.Answer(ev.At, now) || changed
+			if c.Answer(ev.At, now) {
+				changed = true
+				if c.Quota > 0 { // the quota counts from the answer: renew it before it runs out
+					at := RenewAt(*c.TMProgressing, c.Quota, c.Quota, s.Settings.QuotaLead)
+					c.TMRenew = &at
+				}
+			}
 		case rtcapi.EventEnded:
 			changed = c.End(Ending{At: ev.At, Cause: ev.Cause, SIPCode: ev.SIPCode, By: ev.By, Reason: ev.Reason}, now) || changed
 		}

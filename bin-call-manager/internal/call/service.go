@@ -62,15 +62,29 @@ type Settings struct {
 	ReaperGrace   time.Duration
 	ProbeInterval time.Duration
 	RPCTimeout    time.Duration
+	// CreateBudget, GateBudget and DialBudget bound a create request, its billing gate phase and
+	// each dial (see internal/config).
+	CreateBudget time.Duration
+	GateBudget   time.Duration
+	DialBudget   time.Duration
+	// QuotaLead is how long before a call's quota runs out its next slice is asked for;
+	// QuotaInterval is how often the renewer looks for due renewals and retries failed ones.
+	QuotaLead     time.Duration
+	QuotaInterval time.Duration
 }
 
 // Deps are what a Service is built from.
 type Deps struct {
 	Store    Store
+	Requests Requests
 	Due      DueStore
 	Cache    Cache
 	Gate     Gate
 	RTC      RTC
+	// Credit, Enforcer and Renewals run the quota renewals (credit control); see RunRenewer.
+	Credit   Credit
+	Enforcer Enforcer
+	Renewals RenewalStore
 	Relay    Kicker
 	Log      *slog.Logger
 	Metrics  *Metrics
@@ -102,17 +116,126 @@ func (s *Service) rpcCtx(ctx context.Context) (context.Context, context.CancelFu
 	return context.WithTimeout(ctx, s.Settings.RPCTimeout)
 }
 
-// Create places one call per destination: validate everything, pass every call through the
-// billing gate (a refusal releases the others and writes nothing), insert the calls with their
-// call.created in one transaction, then dial each. A call whose dial fails is ended (failed) at
-// once, so none stays dialing.
+// Create places one call per destination: validate everything, claim the idempotency key (see
+// idempotency.go), pass every call through the billing gate (a refusal releases the others and
+// writes nothing), insert the calls with their call.created in one transaction, then dial each. A
+// call whose dial fails is ended (failed) at once, so none stays dialing.
+//
+// The request runs within its budget (Settings.CreateBudget), and ends CreateReplyMargin before
+// the caller's deadline (the one the RPC envelope carried) if that is sooner: the gate phase may
+// use GateBudget and must leave DialBudget for the dial. A deadline too short for both is refused
+// before anything starts. Every error returned means no call was created, except one wrapping
+// ErrOutcomeUnknown.
 func (s *Service) Create(ctx context.Context, req callapi.CreateRequest) ([]callapi.Call, error) {
 	if err := callapi.ValidateCreate(req); err != nil {
 		return nil, err
 	}
+	if err := validKey(req.IdempotencyKey); err != nil {
+		return nil, err
+	}
 	ctx = telemetry.WithCustomerID(ctx, req.CustomerID)
-	s.Log.InfoContext(ctx, "creating calls for customer", "destinations", len(req.Destinations))
+	deadline, err := s.createDeadline(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	s.Log.InfoContext(ctx, "creating calls for customer", "destinations", len(req.Destinations),
+		"idempotent", req.IdempotencyKey != "", "budget_ms", time.Until(deadline).Milliseconds())
 
+	ids := make([]string, len(req.Destinations))
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
+	var owned *Request
+	if req.IdempotencyKey != "" && s.Requests != nil {
+		res, err := s.claim(ctx, req, ids, deadline)
+		switch {
+		case errors.Is(err, callapi.ErrOutcomeUnknown):
+			return nil, err
+		case err != nil:
+			s.Metrics.keyed.WithLabelValues("failed").Inc()
+			return nil, s.storeUnavailable(ctx, "claiming the idempotency key", err)
+		case res.refusal != nil:
+			if apierr.HasReason(res.refusal, callapi.ErrReasonIdempotencyKeyReused) {
+				s.Metrics.keyed.WithLabelValues("reused").Inc()
+			} else {
+				s.Metrics.keyed.WithLabelValues("in_use").Inc()
+			}
+			return nil, res.refusal
+		case res.owned == nil:
+			return res.replay, nil
+		}
+		owned, ids = res.owned, res.owned.CallIDs
+	}
+	calls := s.newCalls(req, ids)
+	gateCtx, cancelGate := context.WithDeadline(ctx, s.gateDeadline(deadline))
+	defer cancelGate()
+	for i, c := range calls {
+		if err := s.gate(gateCtx, c); err != nil {
+			// A refusal reserved nothing; any other failure may have, so release that call too.
+			held := calls[:i]
+			if e, ok := apierr.As(err); !ok || e.Status != apierr.PaymentRequired {
+				held = calls[:i+1]
+			}
+			s.giveUp(ctx, owned, held)
+			return nil, err
+		}
+	}
+	cancelGate()
+
+	evs, err := s.commit(ctx, owned, calls)
+	if err != nil {
+		return nil, err
+	}
+	// The calls exist now: what follows must run to its end even if the caller gives up.
+	ctx = context.WithoutCancel(ctx)
+	for _, c := range calls {
+		s.Log.InfoContext(telemetry.WithCallID(ctx, c.ID), "call created", "destination_type", c.Destination.Type)
+		s.Cache.Set(ctx, c)
+	}
+	s.afterCommit(ctx, evs)
+	if owned != nil {
+		s.Metrics.keyed.WithLabelValues("created").Inc()
+	}
+
+	dialBy := earlier(time.Now().Add(s.Settings.DialBudget), deadline)
+	out := make([]callapi.Call, len(calls))
+	var wg sync.WaitGroup
+	for i, c := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = s.dial(telemetry.WithCallID(ctx, c.ID), c, dialBy).Call
+		}()
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// createDeadline is when a create must be done: its budget, or CreateReplyMargin before the
+// caller's deadline if that is sooner. It refuses a deadline that leaves less than the gate and
+// the dial budgets.
+func (s *Service) createDeadline(ctx context.Context) (time.Time, error) {
+	now := time.Now()
+	deadline := now.Add(s.Settings.CreateBudget)
+	if caller, ok := ctx.Deadline(); ok {
+		deadline = earlier(deadline, caller.Add(-callapi.CreateReplyMargin))
+	}
+	if need := s.Settings.GateBudget + s.Settings.DialBudget; deadline.Sub(now) < need {
+		return time.Time{}, apierr.Newf(apierr.Unavailable, callapi.ErrReasonDeadlineTooShort,
+			"the caller's deadline leaves %s to create calls; the billing gate and the dial need %s", deadline.Sub(now).Round(time.Millisecond), need)
+	}
+	return deadline, nil
+}
+
+// gateDeadline ends the gate phase within GateBudget and early enough to leave DialBudget.
+func (s *Service) gateDeadline(deadline time.Time) time.Time {
+	return earlier(time.Now().Add(s.Settings.GateBudget), deadline.Add(-s.Settings.DialBudget))
+}
+
+// newCalls makes the calls of a request, with the given ids, in status dialing.
+func (s *Service) newCalls(req callapi.CreateRequest, ids []string) []*Call {
 	dialTimeout := s.Settings.DialTimeout
 	if req.Timeout > 0 {
 		dialTimeout = time.Duration(req.Timeout) * time.Second
@@ -125,48 +248,92 @@ func (s *Service) Create(ctx context.Context, req callapi.CreateRequest) ([]call
 	}
 	calls := make([]*Call, len(req.Destinations))
 	for i, d := range req.Destinations {
-		calls[i] = New(NewParams{ID: uuid.NewString(), CustomerID: req.CustomerID, Source: req.Source, Destination: d,
+		calls[i] = New(NewParams{ID: ids[i], CustomerID: req.CustomerID, Source: req.Source, Destination: d,
 			Metadata: req.Metadata, DialTimeout: dialTimeout, Deadline: deadline, FirstCheck: firstCheck}, now)
 	}
-
-	for i, c := range calls {
-		if err := s.gate(ctx, c); err != nil {
-			// A refusal reserved nothing; any other failure may have, so release that call too.
-			held := calls[:i]
-			if e, ok := apierr.As(err); !ok || e.Status != apierr.PaymentRequired {
-				held = calls[:i+1]
-			}
-			s.release(ctx, held)
-			return nil, err
-		}
-	}
-
-	evs, err := s.Store.Create(ctx, calls)
-	if err != nil {
-		s.release(ctx, calls)
-		return nil, fmt.Errorf("insert calls: %w", err)
-	}
-	// The calls exist now: what follows must run to its end even if the caller gives up.
-	ctx = context.WithoutCancel(ctx)
-	for _, c := range calls {
-		s.Log.InfoContext(telemetry.WithCallID(ctx, c.ID), "call created", "destination_type", c.Destination.Type)
-		s.Cache.Set(ctx, c)
-	}
-	s.afterCommit(ctx, evs)
-
-	out := make([]callapi.Call, len(calls))
-	var wg sync.WaitGroup
-	for i, c := range calls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out[i] = s.dial(telemetry.WithCallID(ctx, c.ID), c).Call
-		}()
-	}
-	wg.Wait()
-	return out, nil
+	return calls
 }
 
+// giveUp undoes an attempt that failed before its calls were committed: it forgets the key's
+// Request (so the key is free again), then releases the reservations. If another attempt has
+// taken the Request over, or forgetting failed, the reservations are left alone: the Request's
+// owner (or the next one) gates the same call ids and uses them, and billing's expiry is the
+// backstop.
+func (s *Service) giveUp(ctx context.Context, owned *Request, held []*Call) {
+	ctx = context.WithoutCancel(ctx)
+	if owned != nil {
+		s.Metrics.keyed.WithLabelValues("failed").Inc()
+		fctx, cancel := s.rpcCtx(ctx)
+		ok, err := s.Requests.Forget(fctx, owned.CustomerID, owned.Key, owned.Attempt)
+		cancel()
+		if err != nil {
+			s.Log.WarnContext(ctx, "forgetting the idempotency key of a failed create failed; a retry takes it over when its lease ends", "error", err)
+			return
+		}
+		if !ok {
+			s.Log.WarnContext(ctx, "the idempotency key of a failed create was taken over; its reservations stay with the new attempt")
+			return
+		}
+	}
+	s.release(ctx, held)
+}
+
+// commit writes the calls (and, with a key, marks its Request created) in one transaction. When
+// the commit's outcome is unknown (the connection broke at COMMIT), the Request tells which it
+// was; without a key, a failed commit is taken as not made.
+func (s *Service) commit(ctx context.Context, owned *Request, calls []*Call) ([]Event, error) {
+	if owned == nil {
+		evs, err := s.Store.Create(ctx, calls)
+		if err != nil {
+			s.release(ctx, calls)
+			return nil, fmt.Errorf("insert calls: %w", err)
+		}
+		return evs, nil
+	}
+	evs, err := s.Requests.Commit(ctx, owned.CustomerID, owned.Key, owned.Attempt, calls)
+	if err == nil {
+		return evs, nil
+	}
+	if errors.Is(err, ErrAttemptLost) {
+		// Our lease ran out and another attempt owns the call ids (and their reservations) now.
+		s.Metrics.keyed.WithLabelValues("in_use").Inc()
+		return nil, errKeyInUse(time.Second)
+	}
+	lctx, cancel := s.rpcCtx(context.WithoutCancel(ctx))
+	defer cancel()
+	cur, lerr := s.Requests.Lookup(lctx, owned.CustomerID, owned.Key)
+	switch {
+	case lerr == nil && cur.Attempt == owned.Attempt && cur.State == RequestCreated:
+		s.Log.WarnContext(ctx, "the commit of the calls reported an error but was made", "error", err)
+		for _, c := range calls {
+			c.TakeEvents() // the relay publishes them from the outbox
+		}
+		return nil, nil
+	case lerr == nil && cur.Attempt == owned.Attempt:
+		s.giveUp(ctx, owned, calls)
+		return nil, s.storeUnavailable(ctx, "inserting the calls", err)
+	case lerr == nil || errors.Is(lerr, ErrNotFound):
+		return nil, errKeyInUse(time.Second)
+	}
+	s.Log.ErrorContext(ctx, "whether the calls were committed is unknown; a retry with the same key will tell", "error", err, "lookup_error", lerr)
+	return nil, errOutcomeUnknown("whether the calls were created is unknown; retry with the same idempotency key")
+}
+
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+// storeUnavailable logs a store failure before any call was committed and returns its typed
+// answer.
+func (s *Service) storeUnavailable(ctx context.Context, what string, err error) error {
+	s.Log.WarnContext(ctx, what+" failed; nothing was created", "error", err)
+	return apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "the call store is unavailable; nothing was created")
+}
+
+// gate passes the call through billing's balance gate and records the quota (talk time) granted.
 func (s *Service) gate(ctx context.Context, c *Call) error {
 	gctx, cancel := s.rpcCtx(telemetry.WithCallID(ctx, c.ID))
 	defer cancel()
@@ -177,6 +344,7 @@ func (s *Service) gate(ctx context.Context, c *Call) error {
 	if !resp.Allowed {
 		return apierr.New(apierr.PaymentRequired, callapi.ErrReasonInsufficientBalance, "the balance does not allow this call")
 	}
+	c.Quota = resp.Quota
 	return nil
 }
 
@@ -194,12 +362,12 @@ func (s *Service) release(ctx context.Context, calls []*Call) {
 	}
 }
 
-// dial asks rtc to dial the call and records the owning node. If rtc cannot be reached or
+// dial asks rtc to dial the call, waiting for its answer until by, and records the owning node. If rtc cannot be reached or
 // refuses, the call is ended as failed.
-func (s *Service) dial(ctx context.Context, c *Call) *Call {
-	dctx, cancel := s.rpcCtx(ctx)
+func (s *Service) dial(ctx context.Context, c *Call, by time.Time) *Call {
+	dctx, cancel := context.WithDeadline(ctx, by)
 	resp, err := s.RTC.Dial(dctx, rtcapi.DialRequest{CallID: c.ID, CustomerID: c.CustomerID, Source: c.Source,
-		Destination: c.Destination, DialTimeout: c.DialTimeout, MaxDuration: int(s.Settings.MaxDuration / time.Second)})
+		Destination: c.Destination, DialTimeout: c.DialTimeout, MaxDuration: int(s.Settings.MaxDuration / time.Second), Quota: c.Quota})
 	cancel()
 	if err != nil {
 		s.Log.WarnContext(ctx, "dial failed; ending the call", "error", err)

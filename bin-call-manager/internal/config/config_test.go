@@ -23,7 +23,9 @@ func TestLoad(t *testing.T) {
 		return func(k string) string { return m[k] }
 	}
 	defaults := Call{DialTimeout: 60 * time.Second, MaxDuration: time.Hour, ReaperGrace: 2 * time.Minute,
-		ReaperInterval: 10 * time.Second, ProbeInterval: 30 * time.Second, RPCTimeout: 5 * time.Second, CacheTTL: time.Hour}
+		ReaperInterval: 10 * time.Second, ProbeInterval: 30 * time.Second, RPCTimeout: 5 * time.Second, CacheTTL: time.Hour,
+		CreateBudget: 8 * time.Second, GateBudget: 3 * time.Second, DialBudget: 3 * time.Second,
+		QuotaLead: 10 * time.Second, QuotaInterval: time.Second}
 	tests := []struct {
 		name     string
 		env      map[string]string
@@ -33,9 +35,21 @@ func TestLoad(t *testing.T) {
 		{name: "valid with defaults", env: nil, wantCall: &defaults},
 		{name: "call settings", env: map[string]string{"CALL_DIAL_TIMEOUT": "30s", "CALL_MAX_DURATION": "2h",
 			"CALL_REAPER_GRACE": "5m", "CALL_REAPER_INTERVAL": "1s", "CALL_PROBE_INTERVAL": "15s",
-			"CALL_RPC_TIMEOUT": "2s", "CALL_CACHE_TTL": "10m"},
+			"CALL_RPC_TIMEOUT": "2s", "CALL_CACHE_TTL": "10m", "CALL_CREATE_BUDGET": "10s", "CALL_GATE_BUDGET": "4s", "CALL_DIAL_BUDGET": "5s",
+			"CALL_QUOTA_LEAD": "1s", "CALL_QUOTA_INTERVAL": "200ms"},
 			wantCall: &Call{DialTimeout: 30 * time.Second, MaxDuration: 2 * time.Hour, ReaperGrace: 5 * time.Minute,
-				ReaperInterval: time.Second, ProbeInterval: 15 * time.Second, RPCTimeout: 2 * time.Second, CacheTTL: 10 * time.Minute}},
+				ReaperInterval: time.Second, ProbeInterval: 15 * time.Second, RPCTimeout: 2 * time.Second, CacheTTL: 10 * time.Minute,
+				CreateBudget: 10 * time.Second, GateBudget: 4 * time.Second, DialBudget: 5 * time.Second,
+				QuotaLead: time.Second, QuotaInterval: 200 * time.Millisecond}},
+		{name: "quota renewals slower than their lead", env: map[string]string{"CALL_QUOTA_LEAD": "2s", "CALL_QUOTA_INTERVAL": "5s"},
+			wantErr: []string{"CALL_QUOTA_INTERVAL"}},
+		// The configuration: gate and dial 5 s each do not fit in a create the api waits 3 s for.
+		{name: "gate and dial do not fit in the create budget", env: map[string]string{"CALL_GATE_BUDGET": "5s", "CALL_DIAL_BUDGET": "5s"},
+			wantErr: []string{"CALL_CREATE_BUDGET", "CALL_GATE_BUDGET (5s) + CALL_DIAL_BUDGET (5s)"}},
+		{name: "create budget longer than the callers wait", env: map[string]string{"CALL_CREATE_BUDGET": "11s"},
+			wantErr: []string{"CALL_CREATE_BUDGET", "callapi.MaxCreateBudget"}},
+		{name: "budgets not positive", env: map[string]string{"CALL_GATE_BUDGET": "0s"},
+			wantErr: []string{"CALL_GATE_BUDGET"}},
 		{name: "all missing", env: map[string]string{"DATABASE_DSN": "", "RABBITMQ_ADDRESS": "", "REDIS_ADDRESS": ""},
 			wantErr: []string{"DATABASE_DSN", "RABBITMQ_ADDRESS", "REDIS_ADDRESS"}},
 		{name: "all malformed", env: map[string]string{"DATABASE_DSN": "nonsense", "RABBITMQ_ADDRESS": "http://x/", "REDIS_ADDRESS": "no-port", "ADMIN_ADDRESS": "x",

@@ -1,5 +1,7 @@
 // Package mysql is the call manager's MySQL adapter: the call_calls table, written together with
-// the call_outbox events of each change in one transaction, and the reaper's claim of due calls.
+// the call_outbox events of each change in one transaction, the reaper's claim of due calls, the
+// renewer's claim of quotas to renew, and the idempotency records of create requests
+// (call_requests).
 package mysql
 
 import (
@@ -33,8 +35,8 @@ func NewCallStore(db *sql.DB) *CallStore {
 }
 
 const columns = `id, customer_id, source, destination, status, direction, hangup_by, hangup_reason,
-hangup_cause, sip_code, duration, metadata, node_id, sip_call_id, dial_timeout, sequence, version,
-probe_failures, tm_create, tm_update, tm_ringing, tm_progressing, tm_hangup, tm_deadline, tm_check, tm_delete, tm_alive`
+hangup_cause, sip_code, duration, metadata, node_id, sip_call_id, dial_timeout, quota, sequence, version,
+probe_failures, tm_create, tm_update, tm_ringing, tm_progressing, tm_hangup, tm_deadline, tm_check, tm_renew, tm_delete, tm_alive`
 
 func binUUID(s string) ([]byte, error) {
 	u, err := uuid.Parse(s)
@@ -50,10 +52,10 @@ func scanCall(r scanner) (*call.Call, error) {
 	var c call.Call
 	var id, customer, source, destination, metadata []byte
 	var status string
-	var ringing, progressing, hangup, check, del, alive sql.NullTime
+	var ringing, progressing, hangup, check, renew, del, alive sql.NullTime
 	err := r.Scan(&id, &customer, &source, &destination, &status, &c.Direction, &c.HangupBy, &c.HangupReason,
-		&c.HangupCause, &c.SIPCode, &c.Duration, &metadata, &c.NodeID, &c.SIPCallID, &c.DialTimeout, &c.Sequence, &c.Version,
-		&c.ProbeFailures, &c.TMCreate, &c.TMUpdate, &ringing, &progressing, &hangup, &c.TMDeadline, &check, &del, &alive)
+		&c.HangupCause, &c.SIPCode, &c.Duration, &metadata, &c.NodeID, &c.SIPCallID, &c.DialTimeout, &c.Quota, &c.Sequence, &c.Version,
+		&c.ProbeFailures, &c.TMCreate, &c.TMUpdate, &ringing, &progressing, &hangup, &c.TMDeadline, &check, &renew, &del, &alive)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +81,7 @@ func scanCall(r scanner) (*call.Call, error) {
 	}
 	c.TMCreate, c.TMUpdate, c.TMDeadline = c.TMCreate.UTC(), c.TMUpdate.UTC(), c.TMDeadline.UTC()
 	c.TMRinging, c.TMProgressing, c.TMHangup, c.TMCheck, c.TMDelete = ptr(ringing), ptr(progressing), ptr(hangup), ptr(check), ptr(del)
-	c.TMAlive = ptr(alive)
+	c.TMRenew, c.TMAlive = ptr(renew), ptr(alive)
 	return &c, nil
 }
 
@@ -105,6 +107,18 @@ func (s *CallStore) Create(ctx context.Context, calls []*call.Call) ([]call.Even
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	evs, err := s.insertAll(ctx, tx, calls)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	return evs, nil
+}
+
+// insertAll inserts the calls and their events in the caller's transaction.
+func (s *CallStore) insertAll(ctx context.Context, tx *sql.Tx, calls []*call.Call) ([]call.Event, error) {
 	var evs []call.Event
 	for _, c := range calls {
 		if err := s.insert(ctx, tx, c); err != nil {
@@ -115,9 +129,6 @@ func (s *CallStore) Create(ctx context.Context, calls []*call.Call) ([]call.Even
 			return nil, err
 		}
 		evs = append(evs, written...)
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
 	}
 	return evs, nil
 }
@@ -142,11 +153,11 @@ func (s *CallStore) insert(ctx context.Context, tx *sql.Tx, c *call.Call) error 
 		metadata = b
 	}
 	c.Version = 1
-	_, err = tx.ExecContext(ctx, "INSERT INTO call_calls ("+columns+") VALUES (?"+strings.Repeat(",?", 26)+")",
+	_, err = tx.ExecContext(ctx, "INSERT INTO call_calls ("+columns+") VALUES (?"+strings.Repeat(",?", 28)+")",
 		id, customer, source, destination, string(c.Status), c.Direction, c.HangupBy, c.HangupReason,
-		c.HangupCause, c.SIPCode, c.Duration, metadata, c.NodeID, c.SIPCallID, c.DialTimeout, c.Sequence, c.Version,
+		c.HangupCause, c.SIPCode, c.Duration, metadata, c.NodeID, c.SIPCallID, c.DialTimeout, c.Quota, c.Sequence, c.Version,
 		c.ProbeFailures, c.TMCreate, c.TMUpdate, null(c.TMRinging), null(c.TMProgressing), null(c.TMHangup),
-		c.TMDeadline, null(c.TMCheck), null(c.TMDelete), null(c.TMAlive))
+		c.TMDeadline, null(c.TMCheck), null(c.TMRenew), null(c.TMDelete), null(c.TMAlive))
 	if err != nil {
 		return fmt.Errorf("insert call: %w", err)
 	}
@@ -212,11 +223,11 @@ func (s *CallStore) Update(ctx context.Context, id string, fn func(*call.Call) e
 	}
 	c.Version++
 	_, err = tx.ExecContext(ctx, `UPDATE call_calls SET status = ?, hangup_by = ?, hangup_reason = ?, hangup_cause = ?,
-sip_code = ?, duration = ?, node_id = ?, sip_call_id = ?, sequence = ?, version = ?, probe_failures = ?, tm_update = ?,
-tm_ringing = ?, tm_progressing = ?, tm_hangup = ?, tm_check = ?, tm_delete = ? WHERE id = ?`,
-		string(c.Status), c.HangupBy, c.HangupReason, c.HangupCause, c.SIPCode, c.Duration, c.NodeID, c.SIPCallID,
+sip_code = ?, duration = ?, node_id = ?, sip_call_id = ?, quota = ?, sequence = ?, version = ?, probe_failures = ?, tm_update = ?,
+tm_ringing = ?, tm_progressing = ?, tm_hangup = ?, tm_check = ?, tm_renew = ?, tm_delete = ? WHERE id = ?`,
+		string(c.Status), c.HangupBy, c.HangupReason, c.HangupCause, c.SIPCode, c.Duration, c.NodeID, c.SIPCallID, c.Quota,
 		c.Sequence, c.Version, c.ProbeFailures, c.TMUpdate, null(c.TMRinging), null(c.TMProgressing), null(c.TMHangup),
-		null(c.TMCheck), null(c.TMDelete), bid)
+		null(c.TMCheck), null(c.TMRenew), null(c.TMDelete), bid)
 	if err != nil {
 		return nil, nil, fmt.Errorf("update call: %w", err)
 	}
@@ -325,6 +336,65 @@ func (s *CallStore) ClaimDue(ctx context.Context, now, next time.Time, limit int
 		c.TMCheck = &check
 	}
 	return due, nil
+}
+
+// ClaimRenewals claims live calls whose quota renewal is due, skipping rows other transactions
+// hold, and moves their renewal to lease: if this instance dies in the middle of one, another
+// takes it over then; if it finishes, it writes the next renewal itself (SetRenewal, Update).
+func (s *CallStore) ClaimRenewals(ctx context.Context, now, lease time.Time, limit int) ([]*call.Call, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	rows, err := tx.QueryContext(ctx, "SELECT "+columns+" FROM call_calls WHERE tm_renew <= ? ORDER BY tm_renew LIMIT ? FOR UPDATE SKIP LOCKED",
+		now.UTC(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("claim renewals: %w", err)
+	}
+	var due []*call.Call
+	var ids []any
+	for rows.Next() {
+		c, err := scanCall(rows)
+		if err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("claim renewals: %w", err)
+		}
+		b, _ := binUUID(c.ID)
+		due, ids = append(due, c), append(ids, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim renewals: %w", err)
+	}
+	rows.Close()
+	if len(due) == 0 {
+		return nil, nil
+	}
+	l := lease.UTC().Truncate(time.Microsecond)
+	if _, err := tx.ExecContext(ctx, "UPDATE call_calls SET tm_renew = ? WHERE id IN (?"+strings.Repeat(",?", len(ids)-1)+")",
+		append([]any{l}, ids...)...); err != nil {
+		return nil, fmt.Errorf("lease renewals: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit: %w", err)
+	}
+	for _, c := range due {
+		c.TMRenew = &l
+	}
+	return due, nil
+}
+
+// SetRenewal sets when the call's quota is renewed next (nil: never again), unless it has ended.
+func (s *CallStore) SetRenewal(ctx context.Context, id string, at *time.Time) error {
+	bid, err := binUUID(id)
+	if err != nil {
+		return call.ErrNotFound
+	}
+	if _, err := s.db.ExecContext(ctx, "UPDATE call_calls SET tm_renew = ? WHERE id = ? AND status <> ?",
+		null(at), bid, string(callapi.StatusHangup)); err != nil {
+		return fmt.Errorf("set renewal: %w", err)
+	}
+	return nil
 }
 
 // SetAlive records a probe that found the call live at time at, which also clears the failed

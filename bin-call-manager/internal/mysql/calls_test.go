@@ -379,3 +379,65 @@ func TestClaimDueSkipsLockedAndEndedCalls(t *testing.T) {
 		t.Fatalf("probe failures %d (version %d), want 1 (version unchanged 1)", c.ProbeFailures, c.Version)
 	}
 }
+
+// Two renewers (call-manager instances) never claim one call; a claimed call comes back at its
+// lease if its renewer died, and SetRenewal never revives the renewal of an ended call.
+func TestClaimRenewalsLeasesAndSkipsEndedCalls(t *testing.T) {
+	store, _ := newStore(t)
+	ctx := context.Background()
+	customer := uuid.NewString()
+	due, later, ended := newCall(customer, t0), newCall(customer, t0), newCall(customer, t0)
+	due.Quota, later.Quota, ended.Quota = 60, 60, 60
+	at, atLater := t0.Add(50*time.Second), t0.Add(time.Hour)
+	due.TMRenew, later.TMRenew, ended.TMRenew = &at, &atLater, &at
+	if _, err := store.Create(ctx, []*call.Call{due, later, ended}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := store.Update(ctx, ended.ID, func(c *call.Call) error { c.End(call.Ending{Cause: 16}, t0); return nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	now, lease := t0.Add(time.Minute), t0.Add(time.Minute+11*time.Second)
+	var mu sync.Mutex
+	var claimed []string
+	var wg sync.WaitGroup
+	for range 4 { // four instances at once
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := store.ClaimRenewals(ctx, now, lease, 10)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			claimed = append(claimed, ids(got)...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if !reflect.DeepEqual(claimed, []string{due.ID}) {
+		t.Fatalf("claimed %v, want %s once (later not due, ended done)", claimed, due.ID)
+	}
+	if got, _ := store.ClaimRenewals(ctx, now.Add(10*time.Second), lease, 10); len(got) != 0 {
+		t.Fatalf("claimed again within the lease: %v", ids(got))
+	}
+	// Its renewer died: the lease brings it back, with its quota.
+	got, err := store.ClaimRenewals(ctx, lease, lease.Add(time.Minute), 10)
+	if err != nil || !reflect.DeepEqual(ids(got), []string{due.ID}) || got[0].Quota != 60 {
+		t.Fatalf("claim after the lease = %v, %v", ids(got), err)
+	}
+	next := lease.Add(time.Second)
+	if err := store.SetRenewal(ctx, ended.ID, &next); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := store.Get(ctx, ended.ID); c.TMRenew != nil {
+		t.Fatalf("an ended call's renewal was set to %v", c.TMRenew)
+	}
+	if err := store.SetRenewal(ctx, due.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := store.ClaimRenewals(ctx, t0.Add(2*time.Hour), t0.Add(3*time.Hour), 10); !reflect.DeepEqual(ids(got), []string{later.ID}) {
+		t.Fatalf("claimed %v, want only %s", ids(got), later.ID)
+	}
+}

@@ -45,6 +45,10 @@ func (h handlers) create(ctx context.Context, r *rpc.Request) (*rpc.Response, er
 	if err := r.Decode(&req); err != nil {
 		return nil, err
 	}
+	if req.IdempotencyKey == "" && r.MessageID != "" {
+		// A request redelivered after a crash (same message id) must not place its calls twice.
+		req.IdempotencyKey = "rpc-message:" + r.MessageID
+	}
 	calls, err := h.svc.Create(ctx, req)
 	if err != nil {
 		return nil, toAPI(err)

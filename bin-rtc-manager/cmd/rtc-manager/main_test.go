@@ -81,7 +81,12 @@ func waitServing(t *testing.T, rtc *rtcapi.Client, nodeID string) {
 
 func startNode(t *testing.T, rabbitURL, trunk string, extra map[string]string) *node {
 	t.Helper()
-	n := &node{id: testenv.Name("node"), done: make(chan error, 1), logs: &syncBuffer{}}
+	return startNodeID(t, rabbitURL, testenv.Name("node"), trunk, extra)
+}
+
+func startNodeID(t *testing.T, rabbitURL, id, trunk string, extra map[string]string) *node {
+	t.Helper()
+	n := &node{id: id, done: make(chan error, 1), logs: &syncBuffer{}}
 	env, _ := nodeEnv(t, rabbitURL, n.id, trunk, extra)
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel

@@ -13,7 +13,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -109,16 +108,25 @@ func (s *Store) addPending(msgs []any) {
 
 // dropPending forgets events: published (removed from the outbox), parked, or never stored.
 func (s *Store) dropPending(raws [][]byte) {
+	if len(raws) == 0 {
+		return
+	}
+	drop := make(map[string]int, len(raws))
+	for _, r := range raws {
+		drop[string(r)]++
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, r := range raws {
-		for i, p := range s.pending {
-			if bytes.Equal(p, r) {
-				s.pending = append(s.pending[:i], s.pending[i+1:]...)
-				break
-			}
+	kept := s.pending[:0]
+	for _, p := range s.pending {
+		if drop[string(p)] > 0 {
+			drop[string(p)]--
+			continue
 		}
+		kept = append(kept, p)
 	}
+	clear(s.pending[len(kept):])
+	s.pending = kept
 }
 
 // Pending is the number of events stored and not yet seen published.

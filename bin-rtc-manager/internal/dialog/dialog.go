@@ -69,6 +69,9 @@ type Dialog struct {
 
 	DialTimeout time.Duration `json:"dial_timeout"`
 	MaxDuration time.Duration `json:"max_duration"`
+	// Quota is the talk time paid for, in seconds from the answer (0: none); the node ends the
+	// call when it runs out.
+	Quota int `json:"quota,omitempty"`
 
 	// Outcome.
 	SIPCode int    `json:"sip_code,omitempty"`
@@ -134,7 +137,8 @@ type End struct {
 	// SIPCode is the INVITE's final status (200 for an answered call), 0 if there was none.
 	SIPCode int
 	By      string // callapi.HangupByLocal or HangupByRemote
-	// Reason is callapi.ReasonNoanswer (dial timeout), ReasonTimeout (max duration), or empty.
+	// Reason is callapi.ReasonNoanswer (dial timeout), ReasonTimeout (max duration),
+	// ReasonBalanceExhausted (quota used up), or empty.
 	Reason string
 }
 
@@ -238,6 +242,9 @@ func Validate(req rtcapi.DialRequest) error {
 	if req.MaxDuration < 0 || req.MaxDuration > 86400 {
 		return apierr.Invalid("max_duration", "must be 0 (default) to 86400 seconds")
 	}
+	if req.Quota < 0 || req.Quota > MaxQuota {
+		return apierr.Invalid("quota", "must be 0 (none) to 604800 seconds")
+	}
 	if req.Source.Type != "" { // no source: an anonymous call
 		if err := callapi.ValidateAddress("source", req.Source); err != nil {
 			return err
@@ -249,7 +256,18 @@ func Validate(req rtcapi.DialRequest) error {
 	return nil
 }
 
+// MaxQuota bounds a call's quota (seven days, in seconds).
+const MaxQuota = 7 * 24 * 3600
+
+// ValidateHangupReason checks the reason a hang-up may ask the node to report.
+func ValidateHangupReason(reason string) error {
+	if reason != "" && reason != callapi.ReasonBalanceExhausted {
+		return apierr.Invalid("reason", "must be empty or balance_exhausted")
+	}
+	return nil
+}
+
 // Info is the public view of a dialog.
 func (d *Dialog) Info() rtcapi.Dialog {
-	return rtcapi.Dialog{CallID: d.CallID, NodeID: d.NodeID, SIPCallID: d.SIPCallID, State: string(d.State)}
+	return rtcapi.Dialog{CallID: d.CallID, NodeID: d.NodeID, SIPCallID: d.SIPCallID, State: string(d.State), Quota: d.Quota}
 }

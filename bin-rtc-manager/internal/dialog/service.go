@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"voipbin/pkg/apierr"
@@ -36,9 +37,12 @@ type Phone interface {
 	// Call fills d's SIP fields, has p.Start persist it, sends the INVITE, and then runs the
 	// dialog in the background, reporting its progress to p.
 	Call(ctx context.Context, d *Dialog, src callapi.Address, p Progress) error
-	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after) and waits until
-	// it has ended; false if it runs no such dialog.
-	Hangup(ctx context.Context, callID string) (bool, error)
+	// Hangup ends a dialog this process runs (CANCEL before the answer, BYE after), reporting
+	// reason in its end, and waits until it has ended; false if it runs no such dialog.
+	Hangup(ctx context.Context, callID, reason string) (bool, error)
+	// Extend raises the quota of a dialog this process runs to quota seconds from its answer (a
+	// lower one changes nothing); false if it runs no such dialog.
+	Extend(callID string, quota int) bool
 	// EndStateless ends a dialog from its stored state alone (its node died) and returns how it
 	// ended: By remote when the peer answers that it has no such dialog any more (it hung up
 	// while nobody listened), local otherwise. At is left to the caller.
@@ -47,7 +51,7 @@ type Phone interface {
 
 // Forwarder reaches the node that owns a dialog.
 type Forwarder interface {
-	Hangup(ctx context.Context, nodeID, callID string) error
+	HangupReason(ctx context.Context, nodeID, callID, reason string) error
 }
 
 // Progress receives what happens to a dialog.
@@ -75,6 +79,17 @@ type Service struct {
 	relay       Kicker
 	log         *slog.Logger
 	now         func() time.Time
+
+	// Changes of one dialog are stored in order by one goroutine at a time (queues), so the SIP
+	// side never waits for the store, except for the end, which it waits to see stored.
+	qmu    sync.Mutex
+	queues map[string][]change
+}
+
+type change struct {
+	ctx  context.Context
+	fn   func(d *Dialog) ([]Emitted, error)
+	done chan struct{} // closed once stored (or given up at shutdown)
 }
 
 // Params are the Service's dependencies and settings.
@@ -93,7 +108,8 @@ type Params struct {
 // NewService makes the service.
 func NewService(p Params) *Service {
 	return &Service{nodeID: p.NodeID, trunkURI: p.TrunkURI, dialTimeout: p.DialTimeout, maxDuration: p.MaxDuration,
-		store: p.Store, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now}
+		store: p.Store, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now,
+		queues: map[string][]change{}}
 }
 
 // Dial starts an outbound call and returns once the INVITE is sent.
@@ -114,6 +130,7 @@ func (s *Service) Dial(ctx context.Context, req rtcapi.DialRequest) (rtcapi.Dial
 	if req.MaxDuration > 0 {
 		d.MaxDuration = time.Duration(req.MaxDuration) * time.Second
 	}
+	d.Quota = req.Quota
 	err = s.phone.Call(ctx, d, req.Source, s)
 	switch {
 	case errors.Is(err, ErrExists):
@@ -138,25 +155,32 @@ func (s *Service) Start(ctx context.Context, d *Dialog) error {
 	return nil
 }
 
-// Every change is stamped with the time it happened, taken before the store is tried: a change
-// recorded late, after the store came back, still says when it happened.
+// Every change is stamped with the time it happened, taken when the SIP side reports it, before
+// the store is tried: a change stored late, after the store came back, still says when it
+// happened. Changes are queued per dialog and stored in order in the background, so a slow or
+// absent store never holds up the SIP side (a 2xx is not read late because a 180 waits to be
+// stored); only Ended waits until the end, and everything before it, is stored.
 
 // Ringing records a 180/183 (Progress).
 func (s *Service) Ringing(ctx context.Context, callID string, code int) {
 	at := s.now()
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ring(at, code), nil })
+	s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ring(at, code), nil })
 }
 
 // Answered records the 2xx (Progress).
 func (s *Service) Answered(ctx context.Context, callID string, a Answer) {
 	at := s.factTime(a.At)
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Answered(at, a), nil })
+	s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Answered(at, a), nil })
 }
 
-// Ended records the end of the dialog (Progress).
+// Ended records the end of the dialog (Progress) and returns once it is stored, or ctx ended.
 func (s *Service) Ended(ctx context.Context, callID string, e End) {
 	at := s.factTime(e.At)
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ended(at, e), nil })
+	done := s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ended(at, e), nil })
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 func (s *Service) factTime(at time.Time) time.Time {
@@ -168,7 +192,40 @@ func (s *Service) factTime(at time.Time) time.Time {
 
 // CSeq records the CSeq of a request sent in the dialog, so another node continues above it.
 func (s *Service) CSeq(ctx context.Context, callID string, cseq uint32) {
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.CSeq = max(d.CSeq, cseq); return nil, nil })
+	s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.CSeq = max(d.CSeq, cseq); return nil, nil })
+}
+
+// enqueue adds a change to its dialog's queue, starting the queue's writer if it is idle.
+func (s *Service) enqueue(ctx context.Context, callID string, fn func(d *Dialog) ([]Emitted, error)) <-chan struct{} {
+	c := change{ctx: ctx, fn: fn, done: make(chan struct{})}
+	s.qmu.Lock()
+	q, running := s.queues[callID]
+	s.queues[callID] = append(q, c)
+	s.qmu.Unlock()
+	if !running {
+		go s.drain(callID)
+	}
+	return c.done
+}
+
+// drain stores a dialog's queued changes in order until none is left.
+func (s *Service) drain(callID string) {
+	for {
+		s.qmu.Lock()
+		q := s.queues[callID]
+		if len(q) == 0 {
+			delete(s.queues, callID)
+			s.qmu.Unlock()
+			return
+		}
+		c := q[0]
+		s.qmu.Unlock()
+		s.record(c.ctx, callID, c.fn)
+		close(c.done)
+		s.qmu.Lock()
+		s.queues[callID] = s.queues[callID][1:]
+		s.qmu.Unlock()
+	}
 }
 
 // record stores a change, retrying while the store is unreachable: the SIP side has already
@@ -195,12 +252,32 @@ func (s *Service) record(ctx context.Context, callID string, fn func(d *Dialog) 
 	}
 }
 
+// Extend raises the quota of a dialog this node runs (the call manager sends it to the owner's
+// queue): the call may then last quota seconds from its answer. A dialog this node no longer runs
+// (it ended) is DIALOG_NOT_FOUND.
+func (s *Service) Extend(ctx context.Context, callID string, quota int) error {
+	ctx = telemetry.WithCallID(ctx, callID)
+	if quota <= 0 || quota > MaxQuota {
+		return apierr.Invalid("quota", "must be 1 to 604800 seconds")
+	}
+	if !s.phone.Extend(callID, quota) {
+		return apierr.Newf(apierr.NotFound, rtcapi.ErrReasonDialogNotFound, "no live dialog for call %s on this node", callID)
+	}
+	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.Quota = max(d.Quota, quota); return nil, nil })
+	s.log.DebugContext(ctx, "quota extended", "quota", quota)
+	return nil
+}
+
 // Hangup ends a dialog: the one this node runs, the owner's through its queue, or, when the owner
 // is gone (its queue vanished with it), from the stored state. viaNodeQueue says the request came
-// on this node's own queue, which is never forwarded again.
-func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) error {
+// on this node's own queue, which is never forwarded again. reason (empty or balance_exhausted) is
+// reported in the dialog's end.
+func (s *Service) Hangup(ctx context.Context, callID, reason string, viaNodeQueue bool) error {
 	ctx = telemetry.WithCallID(ctx, callID)
-	found, err := s.phone.Hangup(ctx, callID)
+	if err := ValidateHangupReason(reason); err != nil {
+		return err
+	}
+	found, err := s.phone.Hangup(ctx, callID, reason)
 	if found {
 		return err
 	}
@@ -213,21 +290,21 @@ func (s *Service) Hangup(ctx context.Context, callID string, viaNodeQueue bool) 
 	}
 	ctx = telemetry.WithCustomerID(ctx, d.CustomerID)
 	if d.NodeID != s.nodeID && !viaNodeQueue && s.forward != nil {
-		err := s.forward.Hangup(ctx, d.NodeID, callID)
+		err := s.forward.HangupReason(ctx, d.NodeID, callID, reason)
 		if !apierr.HasReason(err, apierr.ReasonServiceUnavailable) {
 			return err
 		}
 		s.log.WarnContext(ctx, "owner node is gone; ending its dialog from the stored state", "owner", d.NodeID)
 	}
-	return s.takeOver(ctx, d)
+	return s.takeOver(ctx, d, reason)
 }
 
 // takeOver ends a dialog no process runs any more. What is known of its end is recorded, and no
 // more: a peer that says it has no such dialog hung up while nobody listened (by remote), a peer
 // that does not answer may have too; either way the call is known alive only until its node's
 // last heartbeat, and that is its end time. Only a peer that accepts our BYE or CANCEL was still
-// in the call, which then ends now, by us.
-func (s *Service) takeOver(ctx context.Context, d *Dialog) error {
+// in the call, which then ends now, by us, for reason (empty or balance_exhausted).
+func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error {
 	e, err := s.phone.EndStateless(ctx, *d)
 	e.At = s.now()
 	if err != nil || e.By == callapi.HangupByRemote {
@@ -250,6 +327,9 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog) error {
 	}
 	if e.By == "" {
 		e.By = callapi.HangupByLocal
+	}
+	if e.By == callapi.HangupByLocal {
+		e.Reason = reason
 	}
 	s.log.InfoContext(ctx, "ending an orphaned dialog", "by", e.By, "sip_code", e.SIPCode, "at", e.At)
 	_, err = s.store.Update(ctx, d.CallID, func(cur *Dialog) ([]Emitted, error) {
@@ -302,7 +382,7 @@ func (s *Service) Reap(ctx context.Context, running func(callID string) bool) (i
 			continue
 		}
 		cctx := telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
-		if err := s.takeOver(cctx, d); err != nil {
+		if err := s.takeOver(cctx, d, ""); err != nil {
 			return n, err
 		}
 		n++

@@ -3,6 +3,7 @@ package dialog
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -87,6 +88,12 @@ func (s *memStore) Live(_ context.Context, node string) ([]string, error) {
 	return ids, nil
 }
 
+func (s *memStore) setFail(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail = n
+}
+
 func (s *memStore) Alive(_ context.Context, node string) (time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -109,9 +116,22 @@ func (s *memStore) ended() []rtcapi.Event {
 type fakePhone struct {
 	running   map[string]bool
 	hungUp    []string
+	reasons   []string
+	extended  map[string]int
 	stateless []string
 	callErr   error
 	peerGone  bool // the peer answers a stateless BYE with 481
+}
+
+func (p *fakePhone) Extend(id string, quota int) bool {
+	if !p.running[id] {
+		return false
+	}
+	if p.extended == nil {
+		p.extended = map[string]int{}
+	}
+	p.extended[id] = quota
+	return true
 }
 
 func (p *fakePhone) Call(ctx context.Context, d *Dialog, _ callapi.Address, pr Progress) error {
@@ -122,9 +142,10 @@ func (p *fakePhone) Call(ctx context.Context, d *Dialog, _ callapi.Address, pr P
 	return pr.Start(ctx, d)
 }
 
-func (p *fakePhone) Hangup(_ context.Context, id string) (bool, error) {
+func (p *fakePhone) Hangup(_ context.Context, id, reason string) (bool, error) {
 	if p.running[id] {
 		p.hungUp = append(p.hungUp, id)
+		p.reasons = append(p.reasons, reason)
 		return true, nil
 	}
 	return false, nil
@@ -146,8 +167,8 @@ type fakeForward struct {
 	calls []string
 }
 
-func (f *fakeForward) Hangup(_ context.Context, node, id string) error {
-	f.calls = append(f.calls, node+"/"+id)
+func (f *fakeForward) HangupReason(_ context.Context, node, id, reason string) error {
+	f.calls = append(f.calls, node+"/"+id+"/"+reason)
 	return f.err
 }
 
@@ -160,6 +181,24 @@ func newService(store Store, phone Phone, fwd Forwarder) *Service {
 		Store: store, Phone: phone, Forward: fwd, Relay: &kicks{}, Log: testenv.Logger(nil)})
 }
 
+func TestExtend(t *testing.T) {
+	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateAnswered, Quota: 60}, Dialog{CallID: "gone", NodeID: "me", State: StateEnded})
+	phone := &fakePhone{running: map[string]bool{"c": true}}
+	svc := newService(store, phone, &fakeForward{})
+	if err := svc.Extend(context.Background(), "c", 120); err != nil || phone.extended["c"] != 120 {
+		t.Fatalf("Extend() = %v, phone quota %d; want nil, 120", err, phone.extended["c"])
+	}
+	if d, _ := store.Get(context.Background(), "c"); d.Quota != 120 || d.Info().Quota != 120 {
+		t.Fatalf("stored quota = %d, want 120", d.Quota)
+	}
+	if err := svc.Extend(context.Background(), "gone", 120); !apierr.HasReason(err, rtcapi.ErrReasonDialogNotFound) {
+		t.Fatalf("Extend(ended) = %v, want DIALOG_NOT_FOUND", err)
+	}
+	if err := svc.Extend(context.Background(), "c", 0); !apierr.HasReason(err, apierr.ReasonInvalidArgument) {
+		t.Fatalf("Extend(0) = %v, want INVALID_ARGUMENT", err)
+	}
+}
+
 func TestHangup(t *testing.T) {
 	unavailable := apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "no consumer")
 	tests := []struct {
@@ -168,6 +207,7 @@ func TestHangup(t *testing.T) {
 		running       map[string]bool
 		forwardErr    error
 		viaNode       bool
+		reason        string
 		wantErrReason string
 		wantHungUp    bool
 		wantForwarded bool
@@ -186,6 +226,10 @@ func TestHangup(t *testing.T) {
 			forwardErr: unavailable, wantForwarded: true, wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 487, Cause: 16, By: "local"}},
 		{name: "own dialog left by a previous run", stored: []Dialog{{CallID: "c", NodeID: "me", State: StateAnswered}},
 			wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local"}},
+		{name: "owner dead, quota used up: the reason is reported", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered, TMAnswered: time.Now()}},
+			reason: "balance_exhausted", forwardErr: unavailable, wantForwarded: true, wantStateless: true,
+			wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local", Reason: "balance_exhausted"}},
+		{name: "an unknown reason", reason: "because", wantErrReason: apierr.ReasonInvalidArgument},
 		{name: "on the node queue: never forwarded", stored: []Dialog{{CallID: "c", NodeID: "other", State: StateAnswered}}, viaNode: true,
 			wantStateless: true, wantEnded: &rtcapi.Event{SIPCode: 200, Cause: 16, By: "local"}},
 	}
@@ -194,7 +238,7 @@ func TestHangup(t *testing.T) {
 			store := newMemStore(tt.stored...)
 			phone := &fakePhone{running: tt.running}
 			fwd := &fakeForward{err: tt.forwardErr}
-			err := newService(store, phone, fwd).Hangup(context.Background(), "c", tt.viaNode)
+			err := newService(store, phone, fwd).Hangup(context.Background(), "c", tt.reason, tt.viaNode)
 			if tt.wantErrReason != "" {
 				if !apierr.HasReason(err, tt.wantErrReason) {
 					t.Fatalf("Hangup() = %v, want %s", err, tt.wantErrReason)
@@ -260,7 +304,7 @@ func TestDial(t *testing.T) {
 // A change the store cannot take yet is retried, not lost.
 func TestRecordRetriesUntilStored(t *testing.T) {
 	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateAnswered})
-	store.fail = 3
+	store.setFail(3)
 	svc := newService(store, &fakePhone{}, nil)
 	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: "remote"})
 	if ended := store.ended(); len(ended) != 1 {
@@ -269,7 +313,8 @@ func TestRecordRetriesUntilStored(t *testing.T) {
 }
 
 // An event carries the time its fact happened, not the time the store finally took it: the
-// store is down for 3 s (of the service's clock) before each change lands.
+// store is down for 6 s of the service's clock while the changes wait. The SIP side is never held
+// up by the store, except by Ended, which returns once everything is stored.
 func TestEventsCarryFactTime(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	var mu sync.Mutex
@@ -277,18 +322,18 @@ func TestEventsCarryFactTime(t *testing.T) {
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateCalling})
 	store.down = func() { mu.Lock(); clock = clock.Add(time.Second); mu.Unlock() }
+	store.setFail(6)
 	svc := newService(store, &fakePhone{}, nil)
 	svc.now = now
 
-	store.fail = 3
-	svc.Ringing(context.Background(), "c", 180) // at t0, stored at t0+3s
-	store.fail = 3
-	answeredAt := now().Add(-500 * time.Millisecond) // the 2xx arrived half a second before the call
+	svc.Ringing(context.Background(), "c", 180) // at t0; returns at once although the store is down
+	answeredAt := t0.Add(500 * time.Millisecond)
 	svc.Answered(context.Background(), "c", Answer{At: answeredAt, SIPCode: 200})
-	store.fail = 3
-	byeAt := now()
-	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: callapi.HangupByRemote}) // no At: now, before the store is tried
+	byeAt := t0.Add(3 * time.Second)
+	svc.Ended(context.Background(), "c", End{At: byeAt, SIPCode: 200, By: callapi.HangupByRemote})
 
+	store.mu.Lock()
+	defer store.mu.Unlock()
 	if got := len(store.events); got != 3 {
 		t.Fatalf("%d events, want 3", got)
 	}
@@ -296,6 +341,36 @@ func TestEventsCarryFactTime(t *testing.T) {
 		if got := store.events[i].Data.At; !got.Equal(want) {
 			t.Errorf("%s at %s, want the fact time %s (stored at %s)", store.events[i].Type, got, want, now())
 		}
+	}
+}
+
+// Ringing and Answered do not wait for a store that is down; their changes are stored, in order,
+// once it is back.
+func TestChangesDoNotWaitForTheStore(t *testing.T) {
+	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateCalling})
+	store.setFail(1 << 30)
+	svc := newService(store, &fakePhone{}, nil)
+	returned := make(chan struct{})
+	go func() {
+		svc.Ringing(context.Background(), "c", 180)
+		svc.Answered(context.Background(), "c", Answer{SIPCode: 200})
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Ringing/Answered waited for the store")
+	}
+	store.setFail(0)
+	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: callapi.HangupByRemote})
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	var got []string
+	for _, e := range store.events {
+		got = append(got, e.Type)
+	}
+	if want := []string{rtcapi.EventRinging, rtcapi.EventAnswered, rtcapi.EventEnded}; !slices.Equal(got, want) {
+		t.Errorf("events = %v, want %v", got, want)
 	}
 }
 
@@ -319,7 +394,7 @@ func TestTakeOverRecordsWhatIsKnown(t *testing.T) {
 			store.alive = map[string]time.Time{"dead": lastBeat}
 			svc := newService(store, &fakePhone{peerGone: tt.peerGone}, nil)
 			svc.now = func() time.Time { return answered.Add(time.Minute) }
-			if err := svc.Hangup(context.Background(), "c", true); err != nil {
+			if err := svc.Hangup(context.Background(), "c", "", true); err != nil {
 				t.Fatal(err)
 			}
 			ended := store.ended()

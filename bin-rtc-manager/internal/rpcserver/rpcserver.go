@@ -15,7 +15,8 @@ import (
 // Dialogs is what the routes need from the dialog service.
 type Dialogs interface {
 	Dial(ctx context.Context, req rtcapi.DialRequest) (rtcapi.DialResponse, error)
-	Hangup(ctx context.Context, callID string, viaNodeQueue bool) error
+	Hangup(ctx context.Context, callID, reason string, viaNodeQueue bool) error
+	Extend(ctx context.Context, callID string, quota int) error
 	Get(ctx context.Context, callID string) (rtcapi.Dialog, error)
 }
 
@@ -36,6 +37,7 @@ func (rt *Routes) Shared(s *rpc.Server) {
 func (rt *Routes) Node(s *rpc.Server) {
 	s.Handle(rtcapi.RouteHangup, rt.hangup(true))
 	s.Handle(rtcapi.RouteGetDialog, rt.get)
+	s.Handle(rtcapi.RouteQuota, rt.quota)
 }
 
 func (rt *Routes) dial(ctx context.Context, r *rpc.Request) (*rpc.Response, error) {
@@ -56,11 +58,28 @@ func (rt *Routes) hangup(viaNodeQueue bool) rpc.HandlerFunc {
 		if id == "" {
 			return nil, apierr.Invalid("call_id", "is required")
 		}
-		if err := rt.d.Hangup(ctx, id, viaNodeQueue); err != nil {
+		var req rtcapi.HangupRequest
+		if len(r.Body) > 0 {
+			if err := r.Decode(&req); err != nil {
+				return nil, err
+			}
+		}
+		if err := rt.d.Hangup(ctx, id, req.Reason, viaNodeQueue); err != nil {
 			return nil, err
 		}
 		return &rpc.Response{StatusCode: http.StatusNoContent}, nil
 	}
+}
+
+func (rt *Routes) quota(ctx context.Context, r *rpc.Request) (*rpc.Response, error) {
+	var req rtcapi.QuotaRequest
+	if err := r.Decode(&req); err != nil {
+		return nil, err
+	}
+	if err := rt.d.Extend(ctx, r.Param("call_id"), req.Quota); err != nil {
+		return nil, err
+	}
+	return &rpc.Response{StatusCode: http.StatusNoContent}, nil
 }
 
 func (rt *Routes) get(ctx context.Context, r *rpc.Request) (*rpc.Response, error) {

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -30,12 +31,38 @@ type session struct {
 	dialTimeout time.Duration
 	maxDuration time.Duration
 
-	hangupOnce sync.Once
-	hangup     chan struct{} // closed by a local hang-up
-	done       chan struct{} // closed once the end is recorded
+	// quota is the talk time paid for, in seconds from the answer (0: none); quotaSet wakes the
+	// talk loop when it grows.
+	quota    atomic.Int64
+	quotaSet chan struct{}
+
+	hangupOnce   sync.Once
+	hangupReason string        // written before hangup is closed
+	hangup       chan struct{} // closed by a local hang-up
+	done         chan struct{} // closed once the end is recorded
 }
 
-func (s *session) requestHangup() { s.hangupOnce.Do(func() { close(s.hangup) }) }
+// requestHangup asks the session to end, reporting reason; the first request's reason wins.
+func (s *session) requestHangup(reason string) {
+	s.hangupOnce.Do(func() { s.hangupReason = reason; close(s.hangup) })
+}
+
+// extend raises the quota to quota seconds from the answer; a lower one changes nothing.
+func (s *session) extend(quota int) {
+	for {
+		cur := s.quota.Load()
+		if int64(quota) <= cur {
+			return
+		}
+		if s.quota.CompareAndSwap(cur, int64(quota)) {
+			break
+		}
+	}
+	select {
+	case s.quotaSet <- struct{}{}:
+	default: // a wake-up is already pending; it reads the latest quota
+	}
+}
 
 func (s *session) run() {
 	defer s.ua.wg.Done()
@@ -45,9 +72,9 @@ func (s *session) run() {
 	defer s.sess.Close()
 	go drain(s.rtp)
 
-	end := s.dial()
-	if end == nil { // answered
-		end = s.talk()
+	end, answered := s.dial()
+	if end == nil {
+		end = s.talk(answered)
 	}
 	if end.At.IsZero() {
 		end.At = time.Now() // the moment the end became known, however late it is recorded
@@ -57,8 +84,9 @@ func (s *session) run() {
 	s.ua.log.InfoContext(s.ctx, "dialog ended", "by", end.By, "sip_code", end.SIPCode, "reason", end.Reason)
 }
 
-// dial waits for the answer. It returns nil once answered and ACKed, else how the dial ended.
-func (s *session) dial() *dialog.End {
+// dial waits for the answer. It returns nil and the moment of the answer once answered and ACKed,
+// else how the dial ended.
+func (s *session) dial() (*dialog.End, time.Time) {
 	dctx, cancel := context.WithCancelCause(s.ctx)
 	defer cancel(nil)
 	timer := time.AfterFunc(s.dialTimeout, func() { cancel(errDialTimeout) })
@@ -90,7 +118,7 @@ func (s *session) dial() *dialog.End {
 	res := s.sess.InviteResponse
 	if err == nil || (res != nil && res.IsSuccess()) {
 		answered := answerOf(res)
-		answered.At = time.Now()
+		answered.At = time.Now() // also where the quota counts from
 		// Answered, possibly just as we cancelled: ACK it, then hang up if that was asked.
 		if aerr := s.sess.Ack(s.ctx); aerr != nil {
 			s.ua.log.WarnContext(s.ctx, "sending ACK failed", "error", aerr)
@@ -98,13 +126,13 @@ func (s *session) dial() *dialog.End {
 		s.p.Answered(s.ctx, s.callID, answered)
 		if err != nil {
 			cause := context.Cause(dctx)
-			return s.bye(reasonOf(cause))
+			return s.bye(s.reasonOf(cause)), answered.At
 		}
-		return nil
+		return nil, answered.At
 	}
 	var rerr *sipgo.ErrDialogResponse
 	if errors.As(err, &rerr) {
-		return &dialog.End{SIPCode: rerr.Res.StatusCode, By: callapi.HangupByRemote}
+		return &dialog.End{SIPCode: rerr.Res.StatusCode, By: callapi.HangupByRemote}, time.Time{}
 	}
 	switch cause := context.Cause(dctx); {
 	case errors.Is(cause, errDialTimeout), errors.Is(cause, errHangup):
@@ -112,35 +140,56 @@ func (s *session) dial() *dialog.End {
 		if res != nil && !res.IsProvisional() {
 			code = res.StatusCode // normally 487
 		}
-		return &dialog.End{SIPCode: code, By: callapi.HangupByLocal, Reason: reasonOf(cause)}
+		return &dialog.End{SIPCode: code, By: callapi.HangupByLocal, Reason: s.reasonOf(cause)}, time.Time{}
 	case s.ctx.Err() != nil:
-		return &dialog.End{By: callapi.HangupByLocal}
+		return &dialog.End{By: callapi.HangupByLocal}, time.Time{}
 	}
 	// No final response: timer B, or the transport failed.
 	s.ua.log.WarnContext(s.ctx, "INVITE got no final response", "error", err)
-	return &dialog.End{SIPCode: 408, By: callapi.HangupByRemote}
+	return &dialog.End{SIPCode: 408, By: callapi.HangupByRemote}, time.Time{}
 }
 
-func reasonOf(cause error) string {
-	if errors.Is(cause, errDialTimeout) {
+func (s *session) reasonOf(cause error) string {
+	switch {
+	case errors.Is(cause, errDialTimeout):
 		return callapi.ReasonNoanswer
+	case errors.Is(cause, errHangup):
+		return s.hangupReason
 	}
 	return ""
 }
 
-// talk waits for the end of an answered dialog: a remote BYE, a local hang-up or the max duration.
-func (s *session) talk() *dialog.End {
+// talk waits for the end of an answered dialog: a remote BYE, a local hang-up, the max duration,
+// or the end of its quota (answered + quota, moved on by extend) — the hard deadline that holds
+// even when nobody can be asked for more.
+func (s *session) talk(answered time.Time) *dialog.End {
 	timer := time.NewTimer(s.maxDuration)
 	defer timer.Stop()
-	select {
-	case <-s.sess.Context().Done():
-		return &dialog.End{SIPCode: 200, By: callapi.HangupByRemote}
-	case <-s.hangup:
-		return s.bye("")
-	case <-timer.C:
-		return s.bye(callapi.ReasonTimeout)
-	case <-s.ctx.Done():
-		return s.bye("")
+	deadline := time.NewTimer(time.Hour)
+	deadline.Stop()
+	defer deadline.Stop()
+	arm := func() {
+		if q := s.quota.Load(); q > 0 {
+			deadline.Reset(time.Until(answered.Add(time.Duration(q) * time.Second)))
+		}
+	}
+	arm()
+	for {
+		select {
+		case <-s.sess.Context().Done():
+			return &dialog.End{SIPCode: 200, By: callapi.HangupByRemote}
+		case <-s.hangup:
+			return s.bye(s.hangupReason)
+		case <-timer.C:
+			return s.bye(callapi.ReasonTimeout)
+		case <-deadline.C:
+			s.ua.log.InfoContext(s.ctx, "quota used up; ending the call", "quota", s.quota.Load())
+			return s.bye(callapi.ReasonBalanceExhausted)
+		case <-s.quotaSet:
+			arm()
+		case <-s.ctx.Done():
+			return s.bye("")
+		}
 	}
 }
 

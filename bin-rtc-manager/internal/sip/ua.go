@@ -1,8 +1,8 @@
 // Package sip is the rtc manager's SIP user agent, on emiago/sipgo. It listens on UDP and TCP,
 // dials outbound calls (an INVITE with a PCMU/PCMA SDP offer on a real local RTP port, digest
 // authentication on dialogs to the trunk when it asks and credentials are set), runs each dialog in its own
-// goroutine — ringing, answer and ACK, dial timeout with CANCEL, max duration with BYE, remote
-// BYE, local hang-up — and reports every step to the dialog service, which persists it. It can
+// goroutine — ringing, answer and ACK, dial timeout with CANCEL, max duration and the end of the
+// call's quota with BYE, remote BYE, local hang-up — and reports every step to the dialog service, which persists it. It can
 // also end, from its stored state alone, a dialog that a dead node dialled.
 package sip
 
@@ -277,7 +277,8 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 	d.From, d.To, d.InviteVia, d.CSeq = from.Value(), to.Value(), via.Value(), 1
 
 	s := &session{ua: u, callID: d.CallID, trunk: d.Trunk, rtp: rtp, hangup: make(chan struct{}), done: make(chan struct{}),
-		dialTimeout: d.DialTimeout, maxDuration: d.MaxDuration, p: p}
+		quotaSet: make(chan struct{}, 1), dialTimeout: d.DialTimeout, maxDuration: d.MaxDuration, p: p}
+	s.quota.Store(int64(d.Quota))
 	s.ctx = telemetry.WithCallID(telemetry.WithCustomerID(u.base, d.CustomerID), d.CallID)
 	if rid := telemetry.RequestID(ctx); rid != "" {
 		s.ctx = telemetry.WithRequestID(s.ctx, rid)
@@ -331,15 +332,27 @@ func (u *UA) forget(s *session) {
 	u.mu.Unlock()
 }
 
-// Hangup ends a dialog this UA runs and waits until its end is recorded.
-func (u *UA) Hangup(ctx context.Context, callID string) (bool, error) {
+// Extend raises the quota of a dialog this UA runs; false if it runs no such dialog.
+func (u *UA) Extend(callID string, quota int) bool {
+	u.mu.Lock()
+	s, ok := u.sessions[callID]
+	u.mu.Unlock()
+	if ok {
+		s.extend(quota)
+	}
+	return ok
+}
+
+// Hangup ends a dialog this UA runs, reporting reason in its end, and waits until its end is
+// recorded.
+func (u *UA) Hangup(ctx context.Context, callID, reason string) (bool, error) {
 	u.mu.Lock()
 	s, ok := u.sessions[callID]
 	u.mu.Unlock()
 	if !ok {
 		return false, nil
 	}
-	s.requestHangup()
+	s.requestHangup(reason)
 	select {
 	case <-s.done:
 		return true, nil
@@ -359,7 +372,7 @@ func (u *UA) HangupAll(ctx context.Context) error {
 	}
 	u.mu.Unlock()
 	for _, s := range all {
-		s.requestHangup()
+		s.requestHangup("")
 	}
 	for _, s := range all {
 		select {

@@ -103,16 +103,21 @@ func newUA(t *testing.T, user, pass string) *sip.UA {
 
 func dial(t *testing.T, ua *sip.UA, uri string, dialTimeout, maxDuration time.Duration) (*recorder, string) {
 	t.Helper()
-	return dialTo(t, ua, uri, false, dialTimeout, maxDuration)
+	return dialTo(t, ua, uri, false, dialTimeout, maxDuration, 0)
+}
+
+func dialQuota(t *testing.T, ua *sip.UA, uri string, dialTimeout, maxDuration time.Duration, quota int) (*recorder, string) {
+	t.Helper()
+	return dialTo(t, ua, uri, false, dialTimeout, maxDuration, quota)
 }
 
 // dialTo dials uri; trunk marks the dialog as one to the tel trunk.
-func dialTo(t *testing.T, ua *sip.UA, uri string, trunk bool, dialTimeout, maxDuration time.Duration) (*recorder, string) {
+func dialTo(t *testing.T, ua *sip.UA, uri string, trunk bool, dialTimeout, maxDuration time.Duration, quota int) (*recorder, string) {
 	t.Helper()
 	r := &recorder{}
 	id := testenv.Name("call")
 	d := &dialog.Dialog{CallID: id, CustomerID: "c1", NodeID: "n1", State: dialog.StateCalling, RequestURI: uri,
-		Trunk: trunk, DialTimeout: dialTimeout, MaxDuration: maxDuration}
+		Trunk: trunk, DialTimeout: dialTimeout, MaxDuration: maxDuration, Quota: quota}
 	if err := ua.Call(context.Background(), d, callapi.Address{Type: "tel", Target: "+15550001111", Name: "Alice"}, r); err != nil {
 		t.Fatalf("Call: %v", err)
 	}
@@ -126,7 +131,7 @@ func TestCallOutcomes(t *testing.T) {
 			testenv.Eventually(t, 10*time.Second, step, func() bool { return r.has(step) })
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			found, err := ua.Hangup(ctx, id)
+			found, err := ua.Hangup(ctx, id, "")
 			if !found || err != nil {
 				t.Errorf("Hangup() = %v, %v; want true, nil", found, err)
 			}
@@ -193,15 +198,73 @@ func TestCallOutcomes(t *testing.T) {
 	}
 }
 
+// The node ends an answered call itself when its quota runs out (BYE, reason balance_exhausted),
+// however far the quota was extended while it ran, and nobody needs to be reachable for that.
+func TestQuotaEndsTheCall(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name     string
+		quota    int
+		extendTo int // raised right after the answer (0: never)
+		wantTalk time.Duration
+	}{
+		{name: "the first slice runs out", quota: 1, wantTalk: time.Second},
+		{name: "an extension moves the deadline", quota: 1, extendTo: 2, wantTalk: 2 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ua := newUA(t, "", "")
+			peer := siptest.StartSipp(t, "uas_answer_wait.xml", false)
+			r, id := dialQuota(t, ua, "sip:+15550002222@"+peer.Addr, 30*time.Second, time.Hour, tt.quota)
+			if tt.extendTo > 0 {
+				testenv.Eventually(t, 10*time.Second, "the answer", func() bool { return r.has("answered 200") })
+				if !ua.Extend(id, tt.extendTo) || !ua.Extend(id, tt.quota) { // a lower quota changes nothing
+					t.Fatal("Extend() = false for a running dialog")
+				}
+			}
+			testenv.Eventually(t, 10*time.Second, "the dialog to end", r.ended)
+			if want := `ended 200 by local reason "balance_exhausted"`; !r.has(want) {
+				t.Fatalf("steps = %q, want %q", r.got(), want)
+			}
+			if talk := r.tEnd.Sub(r.tAns); talk < tt.wantTalk-100*time.Millisecond || talk > tt.wantTalk+time.Second {
+				t.Errorf("talk time = %s, want %s (the quota) and not much more", talk, tt.wantTalk)
+			}
+			peer.Wait(t, 20*time.Second)
+			if ua.Extend(id, 10) {
+				t.Error("Extend() = true for an ended dialog")
+			}
+		})
+	}
+}
+
+// A hang-up can carry the reason the node reports (the call manager's balance_exhausted).
+func TestHangupReason(t *testing.T) {
+	t.Parallel()
+	ua := newUA(t, "", "")
+	peer := siptest.StartSipp(t, "uas_answer_wait.xml", false)
+	r, id := dial(t, ua, "sip:+15550002222@"+peer.Addr, 30*time.Second, time.Hour)
+	testenv.Eventually(t, 10*time.Second, "the answer", func() bool { return r.has("answered 200") })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if found, err := ua.Hangup(ctx, id, callapi.ReasonBalanceExhausted); !found || err != nil {
+		t.Fatalf("Hangup() = %v, %v", found, err)
+	}
+	if want := `ended 200 by local reason "balance_exhausted"`; !r.has(want) {
+		t.Fatalf("steps = %q, want %q", r.got(), want)
+	}
+	peer.Wait(t, 20*time.Second)
+}
+
 func TestDigestAuthentication(t *testing.T) {
 	t.Parallel()
 	ua := newUA(t, "trunkuser", "s3cret")
 	peer := siptest.StartSipp(t, "uas_auth.xml", false)
-	r, id := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, true, 30*time.Second, time.Hour)
+	r, id := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, true, 30*time.Second, time.Hour, 0)
 	testenv.Eventually(t, 10*time.Second, "answer after the challenge", func() bool { return r.has("answered 200") })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := ua.Hangup(ctx, id); err != nil {
+	if _, err := ua.Hangup(ctx, id, ""); err != nil {
 		t.Fatal(err)
 	}
 	peer.Wait(t, 10*time.Second)
@@ -225,12 +288,12 @@ func TestTrunkCredentialsAnswerOnlyTheTrunk(t *testing.T) {
 			t.Parallel()
 			ua := newUA(t, "trunkuser", "s3cret")
 			peer := siptest.StartSippCapture(t, tt.scenario, false)
-			r, id := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, tt.trunk, 30*time.Second, time.Hour)
+			r, id := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, tt.trunk, 30*time.Second, time.Hour, 0)
 			testenv.Eventually(t, 10*time.Second, tt.want, func() bool { return r.has(tt.want) })
 			if tt.trunk {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()
-				if _, err := ua.Hangup(ctx, id); err != nil {
+				if _, err := ua.Hangup(ctx, id, ""); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -250,7 +313,7 @@ func TestDigestWrongPasswordFails(t *testing.T) {
 	t.Parallel()
 	ua := newUA(t, "trunkuser", "wrong")
 	peer := siptest.StartSipp(t, "uas_auth.xml", false)
-	r, _ := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, true, 30*time.Second, time.Hour)
+	r, _ := dialTo(t, ua, "sip:+15550003333@"+peer.Addr, true, 30*time.Second, time.Hour, 0)
 	testenv.Eventually(t, 10*time.Second, "the dial to fail", r.ended)
 	if want := `ended 403 by remote reason ""`; !r.has(want) {
 		t.Errorf("steps = %q, want %q", r.got(), want)
