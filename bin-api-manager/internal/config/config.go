@@ -49,8 +49,13 @@ type Config struct {
 
 	RateLimitIP       RateLimit
 	RateLimitCustomer RateLimit
-	// AccessKeyCacheTTL bounds how long a deleted access key may still work (at most 5 s).
-	AccessKeyCacheTTL time.Duration
+	// AuthCacheTTL is how long an access key or a user read from MySQL is trusted by the
+	// authentication cache (Redis and memory); it bounds how long a revocation that could not be
+	// announced (Redis unreachable) may go unnoticed (at most 5 s).
+	AuthCacheTTL time.Duration
+	// WSCredentialCheckInterval is how often every WebSocket's credential is checked again,
+	// besides the checks a revocation triggers at once.
+	WSCredentialCheckInterval time.Duration
 	// BcryptCost is the cost of new password hashes.
 	BcryptCost int
 	// PasswordHashConcurrency bounds the bcrypt work running at once (0: half the cores).
@@ -124,9 +129,10 @@ func load(r *envconf.Reader) Config {
 			Rate:  r.Int("RATE_LIMIT_CUSTOMER_RATE", 50, 0, 1_000_000),
 			Burst: r.Int("RATE_LIMIT_CUSTOMER_BURST", 100, 1, 1_000_000),
 		},
-		AccessKeyCacheTTL: r.Duration("ACCESSKEY_CACHE_TTL", 5*time.Second),
-		BcryptCost:        r.Int("BCRYPT_COST", 10, 4, 16),
-		CallCreateTimeout: r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
+		AuthCacheTTL:              r.Duration("AUTH_CACHE_TTL", 5*time.Second),
+		WSCredentialCheckInterval: r.Duration("WS_CREDENTIAL_CHECK_INTERVAL", 2*time.Second),
+		BcryptCost:                r.Int("BCRYPT_COST", 10, 4, 16),
+		CallCreateTimeout:         r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
 
 		PasswordHashConcurrency: r.Int("PASSWORD_HASH_CONCURRENCY", 0, 0, 1024),
 		LoginThrottle: LoginThrottle{
@@ -145,8 +151,11 @@ func load(r *envconf.Reader) Config {
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Fail("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
 	}
-	if c.AccessKeyCacheTTL > 5*time.Second {
-		r.Fail("ACCESSKEY_CACHE_TTL", "must be at most 5s (a deleted key must stop working within 5 s), got %s", c.AccessKeyCacheTTL)
+	if c.AuthCacheTTL <= 0 || c.AuthCacheTTL > 5*time.Second {
+		r.Fail("AUTH_CACHE_TTL", "must be more than 0 and at most 5s (a revoked credential must stop working within 5 s), got %s", c.AuthCacheTTL)
+	}
+	if c.WSCredentialCheckInterval < 100*time.Millisecond || c.WSCredentialCheckInterval > 10*time.Second {
+		r.Fail("WS_CREDENTIAL_CHECK_INTERVAL", "must be from 100ms to 10s, got %s", c.WSCredentialCheckInterval)
 	}
 	if c.CallCreateTimeout < callapi.CreateTimeout || c.CallCreateTimeout > time.Minute {
 		r.Fail("CALL_CREATE_TIMEOUT", "%s is outside [%s, 1m]: the api must wait longer than the call manager's whole create budget (callapi.MaxCreateBudget %s + reply margin %s)",

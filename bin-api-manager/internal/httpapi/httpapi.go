@@ -49,6 +49,7 @@ type IdentityService interface {
 	sessionService
 	customerService
 	accessKeyService
+	userService
 }
 
 // Deps are everything the router needs; main builds them.
@@ -132,6 +133,7 @@ func New(d Deps) http.Handler {
 			r.Mount("/v1.0/customers", (&customers{api: a, svc: d.Identity}).Routes())
 			r.Get("/v1.0/customer", (&customers{api: a, svc: d.Identity}).own)
 			r.Mount("/v1.0/accesskeys", (&accessKeys{api: a, svc: d.Identity}).Routes())
+			r.Mount("/v1.0/users", (&users{api: a, svc: d.Identity}).Routes())
 			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, timeout: d.CallCreateTimeout}).Routes())
 			b := &billing{api: a, mgr: d.Billing}
 			r.Mount("/v1.0/billing_accounts", b.AccountRoutes())
