@@ -2,6 +2,7 @@
 package config
 
 import (
+	"net/netip"
 	"strings"
 	"time"
 
@@ -68,6 +69,9 @@ type Config struct {
 	// callapi.CreateTimeout (the call manager's longest budget plus the time its reply takes), so
 	// the call manager always gives up first.
 	CallCreateTimeout time.Duration
+	// SIPAllowedNetworks opens, for sip destinations with a literal address, ranges refused by
+	// default (RTC_SIP_ALLOWED_NETWORKS, the rtc manager's setting: set both alike).
+	SIPAllowedNetworks []netip.Prefix
 }
 
 // LoginThrottle counts failed logins in fixed windows of Window; a limit of 0 disables that count.
@@ -134,6 +138,7 @@ func load(r *envconf.Reader) Config {
 		BcryptCost:                r.Int("BCRYPT_COST", 10, 4, 16),
 		CallCreateTimeout:         r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
 
+		SIPAllowedNetworks:      r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
 		PasswordHashConcurrency: r.Int("PASSWORD_HASH_CONCURRENCY", 0, 0, 1024),
 		LoginThrottle: LoginThrottle{
 			PerIP:      r.Int("LOGIN_FAILURES_PER_IP", 30, 0, 1_000_000),
