@@ -121,6 +121,12 @@ func (f callFacts) overrun() time.Duration {
 	return f.hangup.Sub(f.answered.Add(time.Duration(f.granted) * time.Second))
 }
 
+// enforcedOverrun is how long the call outlived the quota its rtc node enforced (billing may have
+// granted one slice more that never reached the node).
+func (f callFacts) enforcedOverrun() time.Duration {
+	return f.hangup.Sub(f.answered.Add(time.Duration(f.quota) * time.Second))
+}
+
 func factsOf(t *testing.T, db *sql.DB, c Call) callFacts {
 	t.Helper()
 	f := callFacts{Call: c}
@@ -312,6 +318,9 @@ func TestQuotaWhenBillingIsUnreachable(t *testing.T) {
 	}
 	if f.overrun() > 2*time.Second {
 		t.Errorf("the call outlived its last granted slice by %s", f.overrun())
+	}
+	if o := f.enforcedOverrun(); o < -500*time.Millisecond || o > 2*time.Second {
+		t.Errorf("the call ended %s after the quota its node enforced; want at its end, within 2 s", o)
 	}
 	if f.billable > f.granted {
 		t.Errorf("charged for %d s, more than the %d s granted", f.billable, f.granted)

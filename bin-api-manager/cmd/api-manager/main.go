@@ -32,6 +32,7 @@ import (
 	"voipbin/pkg/event"
 	"voipbin/pkg/lifecycle"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/netpolicy"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
 	"voipbin/pkg/telemetry"
@@ -127,7 +128,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		RateLimitIP: httpapi.RateLimit(cfg.RateLimitIP), RateLimitCustomer: httpapi.RateLimit(cfg.RateLimitCustomer),
 		Idempotency: cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour), CallCreateTimeout: cfg.CallCreateTimeout,
 		CORSOrigins: cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
-		WS: events,
+		WS:              events,
+		SIPDestinations: netpolicy.New(netpolicy.Options{Allowed: cfg.SIPAllowedNetworks}),
 	})
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,

@@ -2,6 +2,7 @@
 package config
 
 import (
+	"net/netip"
 	"strings"
 	"time"
 
@@ -62,6 +63,9 @@ type Config struct {
 	// callapi.CreateTimeout (the call manager's longest budget plus the time its reply takes), so
 	// the call manager always gives up first.
 	CallCreateTimeout time.Duration
+	// SIPAllowedNetworks opens, for sip destinations with a literal address, ranges refused by
+	// default (RTC_SIP_ALLOWED_NETWORKS, the rtc manager's setting: set both alike).
+	SIPAllowedNetworks []netip.Prefix
 }
 
 // TLS reports whether the HTTP server serves TLS.
@@ -114,6 +118,8 @@ func load(r *envconf.Reader) Config {
 		WSCredentialCheckInterval: r.Duration("WS_CREDENTIAL_CHECK_INTERVAL", 2*time.Second),
 		BcryptCost:                r.Int("BCRYPT_COST", 10, 4, 16),
 		CallCreateTimeout:         r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
+
+		SIPAllowedNetworks: r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Fail("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")

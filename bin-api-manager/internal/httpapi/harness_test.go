@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -36,6 +37,7 @@ import (
 	"voipbin/pkg/billingapi"
 	"voipbin/pkg/callapi"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/netpolicy"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/telemetry"
 	"voipbin/pkg/testenv"
@@ -74,6 +76,8 @@ type options struct {
 	// share makes a second api-manager instance: its own router, identity service, cache and
 	// WebSocket endpoint over the database and Redis keys of share.
 	share *harness
+	// sipAllowed is RTC_SIP_ALLOWED_NETWORKS.
+	sipAllowed []netip.Prefix
 }
 
 // harness is the real router over real MariaDB, Redis and RabbitMQ, with the managers stood in
@@ -278,6 +282,7 @@ func newHarness(t testing.TB, o options) *harness {
 		Limiter: countingLimiter{next: cache.NewLimiter(limiterRedis, prefix+"rl:"), calls: &h.limiterCalls}, RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
 		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour), CallCreateTimeout: o.createTimeout,
 		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: h.wsHandler(o, conn, log, reg),
+		SIPDestinations: netpolicy.New(netpolicy.Options{Allowed: o.sipAllowed}),
 	})
 	srv := httptest.NewServer(handler)
 	t.Cleanup(srv.Close)
