@@ -140,7 +140,7 @@ func New(d Deps) http.Handler {
 			b := &billing{api: a, mgr: d.Billing}
 			r.Mount("/v1.0/billing_accounts", b.AccountRoutes())
 			r.Mount("/v1.0/billings", b.BillingRoutes())
-			r.Mount("/v1.0/webhooks", (&webhooks{api: a, mgr: d.Webhooks}).Routes())
+			r.Mount("/v1.0/webhooks", (&webhooks{api: a, mgr: d.Webhooks, customers: d.Identity}).Routes())
 		})
 	})
 	return r

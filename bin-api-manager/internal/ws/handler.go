@@ -29,6 +29,7 @@ import (
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/apierr"
 	"voipbin/pkg/event"
+	"voipbin/pkg/outage"
 	"voipbin/pkg/telemetry"
 )
 
@@ -291,10 +292,11 @@ func (h *Handler) release(ctx context.Context, scope string) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ident, err := h.auth.Authenticate(r)
 	if err != nil {
-		if e := apierr.From(err); e.Status == apierr.Internal || e.Status == apierr.Unavailable {
+		e := apierr.From(outage.Classify(err)) // a credential store that is down is 503, not 500
+		if e.Status == apierr.Internal || e.Status == apierr.Unavailable {
 			h.log.ErrorContext(r.Context(), "websocket authentication failed", "error", err)
 		}
-		writeError(w, r, apierr.From(err))
+		writeError(w, r, e)
 		return
 	}
 	ctx := telemetry.WithCustomerID(context.WithoutCancel(r.Context()), ident.CustomerID)

@@ -109,7 +109,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer rpcClient.Close()
 	svc := dialog.NewService(dialog.Params{NodeID: cfg.NodeID, TrunkURI: cfg.SIP.TelTrunkURI,
 		DialTimeout: cfg.SIP.DialTimeout, MaxDuration: cfg.SIP.MaxDuration,
-		Store: store, Phone: ua, Forward: rtcapi.NewClient(rpcClient), Relay: relay, Log: log})
+		Store: store, Index: store, Phone: ua, Forward: rtcapi.NewClient(rpcClient), Relay: relay, Log: log})
+	ua.OnOrphanBye(svc.RemoteBye)
 
 	routes := rpcserver.New(svc)
 	shared := rpc.NewServer(conn, rtcapi.Queue, log, rpc.ServerOptions{Registerer: reg})

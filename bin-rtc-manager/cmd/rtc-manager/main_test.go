@@ -456,6 +456,37 @@ func TestMaxDuration(t *testing.T) {
 	w.check(t, callID, ringAnswerEnd, rtcapi.Event{SIPCode: 200, Cause: 16, By: "local", Reason: "timeout"}, time.Second)
 }
 
+// The quota through the real RPC: a dial carries a 1 s quota, the owning node's queue raises it to
+// 3 s (a lower one after that changes nothing), and the node ends the call itself 3 s after the
+// answer with balance_exhausted; a quota for an ended dialog is DIALOG_NOT_FOUND.
+func TestQuotaThroughRPC(t *testing.T) {
+	w := newWorld(t)
+	n := w.node(t, nil)
+	callID := testenv.Name("call")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := w.rtc.Dial(ctx, rtcapi.DialRequest{CallID: callID, CustomerID: w.customer,
+		Source: callapi.Address{Type: "tel", Target: "+15550001111"}, Destination: tel("+1200000000"), Quota: 1}); err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the answer", func() bool {
+		d, err := w.rtc.GetDialog(ctx, n.id, callID)
+		return err == nil && d.State == "answered"
+	})
+	for _, q := range []int{3, 2} {
+		if err := w.rtc.Extend(ctx, n.id, callID, q); err != nil {
+			t.Fatalf("Extend(%d): %v", q, err)
+		}
+	}
+	if d, err := w.rtc.GetDialog(ctx, n.id, callID); err != nil || d.Quota != 3 {
+		t.Fatalf("GetDialog = %+v, %v; want quota 3", d, err)
+	}
+	w.check(t, callID, ringAnswerEnd, rtcapi.Event{SIPCode: 200, Cause: 16, By: "local", Reason: "balance_exhausted"}, 3*time.Second)
+	if err := w.rtc.Extend(ctx, n.id, callID, 10); !apierr.HasReason(err, rtcapi.ErrReasonDialogNotFound) {
+		t.Fatalf("Extend after the end = %v, want DIALOG_NOT_FOUND", err)
+	}
+}
+
 // A node killed mid-call leaves its dialog in Redis; another node ends it on a hang-up sent to
 // the shared queue, after finding the owner's queue gone.
 func TestDeadNodeDialogIsEndedByAnother(t *testing.T) {

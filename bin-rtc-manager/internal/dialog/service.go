@@ -29,6 +29,12 @@ type Store interface {
 	Alive(ctx context.Context, nodeID string) (time.Time, error)
 }
 
+// SIPIndex finds a dialog by its SIP Call-ID.
+type SIPIndex interface {
+	// CallIDBySIP returns the call id of a SIP Call-ID; ErrNotFound if there is none.
+	CallIDBySIP(ctx context.Context, sipCallID string) (string, error)
+}
+
 // ErrExists is returned by Store.Create for a call id that already has a dialog.
 var ErrExists = errors.New("dialog exists")
 
@@ -74,6 +80,7 @@ type Service struct {
 	dialTimeout time.Duration
 	maxDuration time.Duration
 	store       Store
+	index       SIPIndex
 	phone       Phone
 	forward     Forwarder
 	relay       Kicker
@@ -99,6 +106,7 @@ type Params struct {
 	DialTimeout time.Duration
 	MaxDuration time.Duration
 	Store       Store
+	Index       SIPIndex // optional: without it a BYE for a dialog no process runs is refused
 	Phone       Phone
 	Forward     Forwarder
 	Relay       Kicker
@@ -108,7 +116,7 @@ type Params struct {
 // NewService makes the service.
 func NewService(p Params) *Service {
 	return &Service{nodeID: p.NodeID, trunkURI: p.TrunkURI, dialTimeout: p.DialTimeout, maxDuration: p.MaxDuration,
-		store: p.Store, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now,
+		store: p.Store, index: p.Index, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now,
 		queues: map[string][]change{}}
 }
 
@@ -340,6 +348,35 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error 
 	}
 	s.relay.Kick()
 	return nil
+}
+
+// RemoteBye takes a BYE that arrived at time at for an answered dialog that no process runs (its
+// node died, and this is that node restarted or another one at its address): the peer hung up,
+// and that is recorded, by remote at the BYE's arrival. It reports whether it knew the dialog
+// (then the BYE is answered 200, else 481).
+func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at time.Time) bool {
+	if s.index == nil {
+		return false
+	}
+	lctx, cancel := context.WithTimeout(ctx, 2*time.Second) // the peer waits for our answer
+	defer cancel()
+	id, err := s.index.CallIDBySIP(lctx, sipCallID)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.log.WarnContext(ctx, "looking up the dialog of a BYE failed", "sip_call_id", sipCallID, "error", err)
+		}
+		return false
+	}
+	d, err := s.store.Get(lctx, id)
+	if err != nil || d.State != StateAnswered {
+		return false
+	}
+	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
+	s.log.InfoContext(ctx, "BYE for a dialog no process runs: the peer hung up", "owner", d.NodeID)
+	s.enqueue(ctx, id, func(cur *Dialog) ([]Emitted, error) {
+		return cur.Ended(at, End{SIPCode: 200, By: callapi.HangupByRemote}), nil
+	})
+	return true
 }
 
 // Get reads a dialog.

@@ -421,3 +421,32 @@ func TestReap(t *testing.T) {
 		t.Errorf("ended %v, want only the orphan", phone.stateless)
 	}
 }
+
+type sipIndex map[string]string
+
+func (x sipIndex) CallIDBySIP(_ context.Context, sipCallID string) (string, error) {
+	if id, ok := x[sipCallID]; ok {
+		return id, nil
+	}
+	return "", ErrNotFound
+}
+
+// A BYE for an answered dialog no process runs is the peer hanging up: recorded by remote at the
+// BYE's arrival. Anything else is not ours to take (481).
+func TestRemoteBye(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 3, 0, time.UTC)
+	store := newMemStore(Dialog{CallID: "talking", NodeID: "dead", State: StateAnswered},
+		Dialog{CallID: "ringing", NodeID: "dead", State: StateRinging})
+	svc := NewService(Params{NodeID: "me", Store: store, Index: sipIndex{"s1": "talking", "s2": "ringing"},
+		Phone: &fakePhone{}, Relay: &kicks{}, Log: testenv.Logger(t)})
+	if svc.RemoteBye(context.Background(), "unknown", at) || svc.RemoteBye(context.Background(), "s2", at) {
+		t.Error("RemoteBye() took a BYE for an unknown or unanswered dialog")
+	}
+	if !svc.RemoteBye(context.Background(), "s1", at) {
+		t.Fatal("RemoteBye() = false for an answered dialog")
+	}
+	testenv.Eventually(t, 5*time.Second, "the end stored", func() bool { return len(store.ended()) == 1 })
+	if e := store.ended()[0]; e.By != callapi.HangupByRemote || !e.At.Equal(at) || e.SIPCode != 200 {
+		t.Errorf("ended = %+v, want by remote at %s", e, at)
+	}
+}

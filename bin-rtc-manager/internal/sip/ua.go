@@ -78,6 +78,14 @@ type UA struct {
 
 	dials    *prometheus.CounterVec
 	outcomes *prometheus.CounterVec
+
+	orphanBye func(ctx context.Context, sipCallID string, at time.Time) bool
+}
+
+// OnOrphanBye sets who takes a BYE for a dialog this UA does not run (one a dead node, or this
+// node's previous run, set up); fn reports whether it knew the dialog. Set it before Run.
+func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at time.Time) bool) {
+	u.orphanBye = fn
 }
 
 // NewUA binds the listeners (so the address is known before Run) and builds the user agent.
@@ -308,7 +316,7 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 	d.SIPCallID, d.Transport = string(callID), transport
 	d.From, d.To, d.InviteVia, d.CSeq = from.Value(), to.Value(), via.Value(), 1
 
-	s := &session{ua: u, callID: d.CallID, trunk: d.Trunk, rtp: rtp, hangup: make(chan struct{}), done: make(chan struct{}),
+	s := &session{ua: u, callID: d.CallID, sipCallID: d.SIPCallID, trunk: d.Trunk, rtp: rtp, hangup: make(chan struct{}), done: make(chan struct{}),
 		quotaSet: make(chan struct{}, 1), dialTimeout: d.DialTimeout, maxDuration: d.MaxDuration, p: p}
 	s.quota.Store(int64(d.Quota))
 	s.ctx = telemetry.WithCallID(telemetry.WithCustomerID(u.base, d.CustomerID), d.CallID)
@@ -463,9 +471,30 @@ func respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string
 }
 
 func (u *UA) onBye(req *sip.Request, tx sip.ServerTransaction) {
-	if err := u.dialogs.ReadBye(req, tx); err != nil {
-		respond(tx, req, 481, "Call/Transaction Does Not Exist", u.log)
+	at := time.Now()
+	if err := u.dialogs.ReadBye(req, tx); err == nil {
+		return
 	}
+	if cid := req.CallID(); cid != nil && u.orphanBye != nil && !u.runsSIPCall(string(*cid)) {
+		if u.orphanBye(u.base, string(*cid), at) {
+			respond(tx, req, 200, "OK", u.log)
+			return
+		}
+	}
+	respond(tx, req, 481, "Call/Transaction Does Not Exist", u.log)
+}
+
+// runsSIPCall reports whether a dialog this UA runs has the SIP Call-ID (a BYE for it that the
+// dialog cache refused is malformed, not an orphan's).
+func (u *UA) runsSIPCall(sipCallID string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, s := range u.sessions {
+		if s.sipCallID == sipCallID {
+			return true
+		}
+	}
+	return false
 }
 
 func (u *UA) onInvite(req *sip.Request, tx sip.ServerTransaction) {
