@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -17,6 +18,7 @@ import (
 
 	"voipbin/bin-api-manager/internal/cache"
 	"voipbin/bin-api-manager/internal/httpauth"
+	"voipbin/bin-api-manager/internal/ratelimit"
 	"voipbin/pkg/callapi"
 )
 
@@ -66,6 +68,9 @@ type Deps struct {
 	RateLimitIP       RateLimit
 	RateLimitCustomer RateLimit
 	Idempotency       IdempotencyStore
+	// LoginFailures counts failed logins (Redis); nil counts them in process only.
+	LoginFailures FailureCounter
+	LoginThrottle LoginThrottle
 	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager; it must exceed
 	// the call manager's whole budget (config checks it against callapi.CreateTimeout). 0 means
 	// callapi.CreateTimeout + 1 s.
@@ -80,12 +85,22 @@ type Deps struct {
 	// WS, when set, serves GET /v1.0/ws. It authenticates by itself (httpauth.Authenticator),
 	// since browsers cannot set headers on a WebSocket handshake.
 	WS http.Handler
+	// SIPDestinations checks the literal address of a sip destination (the rtc manager checks
+	// again, after resolving names, at dial time); nil refuses the default-refused ranges.
+	SIPDestinations AddressChecker
+}
+
+// AddressChecker is the address policy of sip destinations (netpolicy.Policy).
+type AddressChecker interface {
+	Check(ip netip.Addr) error
 }
 
 // api holds what the middleware and resources share.
 type api struct {
 	log *slog.Logger
 	m   *metrics
+	// local limits requests in process while the shared limiter (Redis) cannot answer.
+	local *ratelimit.Local
 }
 
 // New builds the router of the public API.
@@ -96,6 +111,7 @@ func New(d Deps) http.Handler {
 	}
 	r := chi.NewRouter()
 	r.Use(a.requestID, a.accessLog, a.recoverer, cors(d.CORSOrigins))
+	a.local = ratelimit.NewLocal()
 	r.NotFound(a.routeNotFound)
 	r.MethodNotAllowed(a.methodNotAllowed(r))
 
@@ -118,6 +134,7 @@ func New(d Deps) http.Handler {
 			r.Get("/v1.0/ws", d.WS.ServeHTTP)
 		}
 		r.With(limitBody).Mount("/auth", (&sessions{api: a, svc: d.Identity, secure: d.SecureCookie,
+			throttle: newLoginThrottle(a, d.LoginFailures, d.LoginThrottle),
 			lifetime: d.CookieLifetime}).Routes())
 
 		r.Group(func(r chi.Router) {
@@ -126,11 +143,12 @@ func New(d Deps) http.Handler {
 			r.Get("/v1.0/customer", (&customers{api: a, svc: d.Identity}).own)
 			r.Mount("/v1.0/accesskeys", (&accessKeys{api: a, svc: d.Identity}).Routes())
 			r.Mount("/v1.0/users", (&users{api: a, svc: d.Identity}).Routes())
-			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, timeout: d.CallCreateTimeout}).Routes())
+			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, timeout: d.CallCreateTimeout,
+				sipPolicy: sipPolicy(d.SIPDestinations)}).Routes())
 			b := &billing{api: a, mgr: d.Billing}
 			r.Mount("/v1.0/billing_accounts", b.AccountRoutes())
 			r.Mount("/v1.0/billings", b.BillingRoutes())
-			r.Mount("/v1.0/webhooks", (&webhooks{api: a, mgr: d.Webhooks}).Routes())
+			r.Mount("/v1.0/webhooks", (&webhooks{api: a, mgr: d.Webhooks, customers: d.Identity}).Routes())
 		})
 	})
 	return r

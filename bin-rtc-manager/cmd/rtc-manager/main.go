@@ -105,7 +105,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	relay := rabbit.NewRelay(store.Outbox(), conn, log, reg)
 	ua, err := sip.NewUA(sip.Params{ListenAddress: cfg.SIP.ListenAddress, ExternalAddress: cfg.SIP.ExternalAddress,
 		Username: cfg.SIP.TrunkUsername, Password: cfg.SIP.TrunkPassword,
-		RTPPortMin: cfg.SIP.RTPPortMin, RTPPortMax: cfg.SIP.RTPPortMax, Log: log, Registerer: reg})
+		RTPPortMin: cfg.SIP.RTPPortMin, RTPPortMax: cfg.SIP.RTPPortMax,
+		Policy:         &sip.AddressPolicy{Allowed: cfg.SIP.AllowedNetworks, TrunkURI: cfg.SIP.TelTrunkURI},
+		TCPIdleTimeout: cfg.SIP.TCPIdleTimeout, TCPMaxConnections: cfg.SIP.TCPMaxConnections,
+		Log: log, Registerer: reg})
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -39,8 +40,14 @@ type Params struct {
 	Username, Password string
 	// RTPPortMin and RTPPortMax bound the local RTP ports.
 	RTPPortMin, RTPPortMax int
-	Log                    *slog.Logger
-	Registerer             prometheus.Registerer
+	// Policy, when set, decides where sip destinations may be dialled (main always sets it).
+	Policy *AddressPolicy
+	// TCPIdleTimeout closes an inbound TCP connection that sent nothing for so long (0: never);
+	// TCPMaxConnections caps the inbound TCP connections open at once (0: no cap).
+	TCPIdleTimeout    time.Duration
+	TCPMaxConnections int
+	Log               *slog.Logger
+	Registerer        prometheus.Registerer
 }
 
 // UA is the user agent.
@@ -57,6 +64,8 @@ type UA struct {
 	extHost  string
 	extPort  int
 	listenIP net.IP
+	guard    *destinationGuard // nil: no address policy
+	lim      *limits
 
 	// base outlives RPC requests: dialogs run under it until Close.
 	base     context.Context
@@ -109,7 +118,16 @@ func NewUA(p Params) (*UA, error) {
 		u.extPort = bound.Port
 	}
 
-	sipLog := p.Log.With("component", "sipgo")
+	if p.Policy != nil {
+		if u.guard, err = newDestinationGuard(*p.Policy, bound, hostPort{host: host, port: uint16(u.extPort)}); err != nil {
+			u.closeListeners()
+			return nil, err
+		}
+	}
+
+	u.lim = newLimits()
+	// sipgo logs through a handler that counts malformed messages and bounds what they cost.
+	sipLog := slog.New(&sipLogHandler{next: p.Log.Handler(), lim: u.lim}).With("component", "sipgo")
 	u.ua, err = sipgo.NewUA(sipgo.WithUserAgent("voipbin-rtc"), sipgo.WithUserAgentHostname(host),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(sipLog)))
@@ -143,6 +161,7 @@ func NewUA(p Params) (*UA, error) {
 	if p.Registerer != nil {
 		p.Registerer.MustRegister(u.dials, u.outcomes, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rtc_dialogs_active",
 			Help: "Dialogs this node runs now."}, func() float64 { return float64(u.Active()) }))
+		p.Registerer.MustRegister(u.lim.collectors()...)
 	}
 	return u, nil
 }
@@ -187,7 +206,9 @@ func (u *UA) Addr() string { return net.JoinHostPort(u.extHost, strconv.Itoa(u.e
 func (u *UA) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- u.srv.ServeUDP(u.udp) }()
-	go func() { errc <- u.srv.ServeTCP(u.tcp) }()
+	tcp := &limitedListener{Listener: u.tcp, max: u.p.TCPMaxConnections, idle: u.p.TCPIdleTimeout, lim: u.lim,
+		log: u.log.With("component", "sip-tcp")}
+	go func() { errc <- u.srv.ServeTCP(tcp) }()
 	u.log.InfoContext(ctx, "sip user agent listening", "udp", u.udp.LocalAddr().String(), "tcp", u.tcp.Addr().String(), "contact", u.Addr())
 	select {
 	case <-ctx.Done():
@@ -255,6 +276,14 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 			return apierr.Invalid("destination.target", "transport must be udp or tcp")
 		}
 	}
+	// A sip destination is resolved and checked here, and the INVITE goes to the checked address,
+	// not to the name again. The trunk (tel) is the operator's own choice.
+	var dest netip.AddrPort
+	if !d.Trunk && u.guard != nil {
+		if dest, err = u.guard.check(ctx, ruri.Host, ruri.Port); err != nil {
+			return err
+		}
+	}
 	rtp, err := openRTP(u.listenIP, u.p.RTPPortMin, u.p.RTPPortMax)
 	if err != nil {
 		return apierr.Newf(apierr.Unavailable, rtcapi.ErrReasonDialFailed, "no free RTP port: %v", err)
@@ -262,6 +291,9 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 
 	req := sip.NewRequest(sip.INVITE, ruri)
 	req.SetTransport(transport)
+	if dest.IsValid() {
+		req.SetDestination(dest.String())
+	}
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Host: u.extHost, Port: u.extPort, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranchN(16))
 	from := &sip.FromHeader{DisplayName: displayName(src.Name), Address: sip.Uri{Scheme: "sip", User: fromUser, Host: u.extHost}, Params: sip.NewParams()}
