@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"database/sql"
+	"encoding/json"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -21,6 +23,9 @@ var creditEnv = map[string]string{
 	"BILLING_QUOTA_SLICE": "2s",
 	"CALL_QUOTA_LEAD":     "1s",
 	"CALL_QUOTA_INTERVAL": "100ms",
+	// The test polls calls and the balance often; the API's rate limits are not under test.
+	"RATE_LIMIT_CUSTOMER_RATE": "1000", "RATE_LIMIT_CUSTOMER_BURST": "1000",
+	"RATE_LIMIT_IP_RATE": "1000", "RATE_LIMIT_IP_BURST": "1000",
 }
 
 const neverHangsUp = "+1200000000"
@@ -70,8 +75,8 @@ func accountOf(t testing.TB, cc *Client) account {
 	return out.Result[0]
 }
 
-// watchBalance samples the account every 50 ms until stop is called, and returns the lowest
-// balance and available amount it saw.
+// watchBalance samples the account every 50 ms until stop is called (or the test ends), and
+// returns the lowest balance and available amount it saw.
 func watchBalance(t *testing.T, cc *Client) (stop func() (minBalance, minAvailable int64, samples int)) {
 	done, finished := make(chan struct{}), make(chan struct{})
 	var lowB, lowA int64 = 1 << 62, 1 << 62
@@ -84,11 +89,21 @@ func watchBalance(t *testing.T, cc *Client) (stop func() (minBalance, minAvailab
 				return
 			case <-time.After(50 * time.Millisecond):
 			}
-			a := accountOf(t, cc)
+			r := cc.Do("GET", "/v1.0/billing_accounts", nil) // not Must: this is not the test's goroutine
+			var out struct {
+				Result []account `json:"result"`
+			}
+			if r.Status != 200 || json.Unmarshal(r.Body, &out) != nil || len(out.Result) == 0 {
+				continue
+			}
+			a := out.Result[0]
 			lowB, lowA, n = min(lowB, a.Balance), min(lowA, a.Available), n+1
 		}
 	}()
-	return func() (int64, int64, int) { close(done); <-finished; return lowB, lowA, n }
+	var once sync.Once
+	stop = func() (int64, int64, int) { once.Do(func() { close(done) }); <-finished; return lowB, lowA, n }
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // callFacts is what the databases know of an ended call.
@@ -104,6 +119,12 @@ type callFacts struct {
 // overrun is how long the call outlived the end of its last granted slice.
 func (f callFacts) overrun() time.Duration {
 	return f.hangup.Sub(f.answered.Add(time.Duration(f.granted) * time.Second))
+}
+
+// enforcedOverrun is how long the call outlived the quota its rtc node enforced (billing may have
+// granted one slice more that never reached the node).
+func (f callFacts) enforcedOverrun() time.Duration {
+	return f.hangup.Sub(f.answered.Add(time.Duration(f.quota) * time.Second))
 }
 
 func factsOf(t *testing.T, db *sql.DB, c Call) callFacts {
@@ -159,22 +180,68 @@ func median(ds []time.Duration) time.Duration {
 // any moment, and it ends equal to the ledger. On a platform without credit control the calls
 // run on until their maximum duration and the balance goes below zero.
 func TestBalanceNeverGoesBelowZero(t *testing.T) {
-	const calls, initial = 6, 30_000 // 30 s of talk in all, 5 s a call
-	stack, cc, db := creditStack(t, "30000", nil)
+	// 60 s of talk in all (one minute at the rate), 10 s a call. The numbers also let a platform
+	// whose gate reserves a whole minute per call admit one of them, so that this test shows what
+	// such a platform does with it: the call runs on past its money.
+	const calls, initial = 6, 60_000
+	stack, cc, db := creditStack(t, "60000", nil)
 	acc := accountOf(t, cc)
 	stop := watchBalance(t, cc)
 
-	placed := make([]Call, calls)
+	var mu sync.Mutex
+	var placed []Call
+	var refusals []string
 	var wg sync.WaitGroup
-	for i := range placed {
+	for range calls {
 		wg.Add(1)
-		go func() { defer wg.Done(); placed[i] = cc.PlaceCall(neverHangsUp) }()
+		go func() {
+			defer wg.Done()
+			r := cc.Do("POST", "/v1.0/calls", map[string]any{
+				"source":       map[string]string{"type": "tel", "target": "+15550001111"},
+				"destinations": []map[string]string{{"type": "tel", "target": neverHangsUp}}})
+			var out struct {
+				Calls []Call `json:"calls"`
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if r.Status != 201 || json.Unmarshal(r.Body, &out) != nil || len(out.Calls) != 1 {
+				refusals = append(refusals, fmt.Sprintf("%d %s", r.Status, r.Body))
+				return
+			}
+			placed = append(placed, out.Calls[0])
+		}()
 	}
 	wg.Wait()
+	if len(refusals) > 0 {
+		t.Errorf("%d of %d calls refused (each needs only its first 2 s slice reserved): %s", len(refusals), calls, refusals[0])
+	}
 	start := time.Now()
-	ended := make([]Call, calls)
-	for i, c := range placed {
-		ended[i] = cc.WaitCall(c.ID, 45*time.Second, func(c Call) bool { return c.Status == "hangup" })
+	ended := make([]Call, len(placed))
+	deadline := start.Add(75 * time.Second) // 10 s of talk each; a call still up by then runs unpaid
+	for {
+		live := 0
+		for i, c := range placed {
+			cc.Must(200, "GET", "/v1.0/calls/"+c.ID, nil).JSON(t, &ended[i])
+			if ended[i].Status != "hangup" {
+				live++
+			}
+		}
+		if live == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			for _, c := range placed { // end them, so their charges show what they cost
+				cc.Do("POST", "/v1.0/calls/"+c.ID+"/hangup", nil)
+			}
+			waitCharged(t, db, placed)
+			a := accountOf(t, cc)
+			low, lowAvail, _ := stop()
+			t.Fatalf("%d of %d calls still up %s after they were placed, on a balance paying 60 s in all; hung up now, "+
+				"the balance is %d (reserved %d, available %d, ledger %d), lowest seen before %d (available %d)",
+				live, len(placed), time.Since(start).Round(time.Second), a.Balance, a.Reserved, a.Available,
+				ledgerSum(t, db, acc.ID), low, lowAvail)
+		}
+		time.Sleep(200 * time.Millisecond) // polling the API, as WaitCall does
 	}
 	t.Logf("all %d calls ended %s after they were placed", calls, time.Since(start).Round(time.Millisecond))
 	waitCharged(t, db, placed)
@@ -251,6 +318,9 @@ func TestQuotaWhenBillingIsUnreachable(t *testing.T) {
 	}
 	if f.overrun() > 2*time.Second {
 		t.Errorf("the call outlived its last granted slice by %s", f.overrun())
+	}
+	if o := f.enforcedOverrun(); o < -500*time.Millisecond || o > 2*time.Second {
+		t.Errorf("the call ended %s after the quota its node enforced; want at its end, within 2 s", o)
 	}
 	if f.billable > f.granted {
 		t.Errorf("charged for %d s, more than the %d s granted", f.billable, f.granted)

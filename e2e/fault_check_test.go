@@ -43,6 +43,7 @@ type check struct {
 	Violations []string       // "<id>: what is wrong"
 	Evidence   []string       // ids to look up in the services' logs
 	ByPhase    map[string]int // violations by the phase they arose in, when known
+	ByKind     map[string]int // violations by what they were (an answer and its message), when useful
 }
 
 func (c *check) add(evidenceID, format string, args ...any) {
@@ -53,6 +54,15 @@ func (c *check) add(evidenceID, format string, args ...any) {
 }
 
 // addIn is add for a violation that arose during phase.
+// addKind is addIn for a violation of a kind worth counting.
+func (c *check) addKind(phase, kind, evidenceID, format string, args ...any) {
+	if c.ByKind == nil {
+		c.ByKind = map[string]int{}
+	}
+	c.ByKind[kind]++
+	c.addIn(phase, evidenceID, format, args...)
+}
+
 func (c *check) addIn(phase, evidenceID, format string, args ...any) {
 	if c.ByPhase == nil {
 		c.ByPhase = map[string]int{}
@@ -290,14 +300,30 @@ func (r *faultRun) evaluate(d faultData) *faultReport {
 		carrierCounts[seen]++
 		due := r.phase.at(c.TMCreate.Add(time.Duration(r.cfg.HoldSecs+1) * time.Second))
 		placed := fmt.Sprintf("placed during %q, due to end during %q", r.phase.at(c.TMCreate), due)
+		n := len(hold.Violations)
 		switch {
 		case c.Duration > r.cfg.HoldSecs+1:
-			hold.addIn(due, c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, seen)
+			hold.addIn(due, c.ID, "call %s (%s): duration %d s, reason %s, by %s, sip %d (carrier, Call-ID %s: %s)", c.ID, placed, c.Duration, c.HangupReason, c.HangupBy, c.SIPCode, sipIDs[c.ID], seen)
 		case seen == "hung up" && (c.HangupReason != "normal" || c.HangupBy != "remote" || c.Duration < r.cfg.HoldSecs-1):
-			hold.addIn(due, c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered, the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, c.Status, c.HangupReason, c.HangupBy, c.Duration)
+			hold.addIn(due, c.ID, "call %s (%s): the carrier hung up after %d s and got its BYE answered (Call-ID %s), the call says %s/%s/%s after %d s", c.ID, placed, r.cfg.HoldSecs, sipIDs[c.ID], c.Status, c.HangupReason, c.HangupBy, c.Duration)
+		}
+		if len(hold.Violations) > n && sipIDs[c.ID] != "" {
+			hold.Evidence = append(hold.Evidence, sipIDs[c.ID]) // the carrier's and the rtc node's side
 		}
 	}
 	rep.figure("carrier's view of the calls: %s", formatCounts(carrierCounts))
+	cross := map[string]int{}
+	for _, c := range calls {
+		if seen := carrier[sipIDs[c.ID]]; seen != "hung up" {
+			if seen == "" {
+				seen = "never saw it"
+			}
+			cross[fmt.Sprintf("%s → %s/%s dur=%d", seen, c.HangupReason, c.HangupBy, c.Duration)]++
+		}
+	}
+	if len(cross) > 0 {
+		rep.figure("  and what the platform recorded for them: %s", formatCounts(cross))
+	}
 
 	// ---- 4. webhook events complete and in order
 	hooks := &check{Name: "webhook events complete, in order, signed (sequence 1..n, created … ended)"}
@@ -392,11 +418,12 @@ func (r *faultRun) evaluate(d faultData) *faultReport {
 	noRetry := &check{Name: "every 503 carries Retry-After"}
 	for _, q := range reqs {
 		for _, a := range q.Attempts {
+			kind := statusLabel(a) + " " + truncate(a.Message, 90)
 			switch {
 			case a.Status == 500:
-				errs.addIn(a.Phase, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
+				errs.addKind(a.Phase, kind, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
 			case a.Status == 503 && a.RetryAfter == "":
-				noRetry.addIn(a.Phase, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
+				noRetry.addKind(a.Phase, kind, a.RequestID, "request %s (key %s) during %q: %s %s", a.RequestID, q.Key, a.Phase, statusLabel(a), a.Message)
 			}
 		}
 	}
@@ -459,6 +486,9 @@ func (rep *faultReport) print(r *faultRun) {
 		fmt.Fprintf(&b, "---- %s: %d violations\n", c.Name, len(c.Violations))
 		if len(c.ByPhase) > 0 {
 			fmt.Fprintf(&b, "  by phase: %s\n", formatCounts(c.ByPhase))
+		}
+		if len(c.ByKind) > 0 {
+			fmt.Fprintf(&b, "  by answer: %s\n", formatCounts(c.ByKind))
 		}
 		for i, v := range c.Violations {
 			if i == 25 {
@@ -694,6 +724,13 @@ func attemptTrail(as []attempt) string {
 		parts = append(parts[:4], append([]string{"…"}, parts[len(parts)-3:]...)...)
 	}
 	return strings.Join(parts, " → ")
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 func firstPhase(as []attempt) string {

@@ -198,6 +198,7 @@ func StartStackOn(t testing.TB, o StackOptions) *Stack {
 		"NODE_ID":                  testenv.Name("node"),
 		"CARRIER_LISTEN_ADDRESS":   s.CarrierAddr,
 		"WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+		"RTC_SIP_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
 		"BILLING_INITIAL_BALANCE":  "10000000",
 	}
 	for k, v := range o.Env {

@@ -38,6 +38,16 @@ func TestManifests(t *testing.T) {
 			t.Errorf("webhook-manager sets WEBHOOK_ALLOWED_NETWORKS in production: %+v", e)
 		}
 	}
+	// Nor sip destinations: no manifest sets RTC_SIP_ALLOWED_NETWORKS.
+	for _, f := range []string{"api-manager.yaml", "rtc-manager.yaml", "config.yaml"} {
+		data, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy/k8s", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(data), "RTC_SIP_ALLOWED_NETWORKS") {
+			t.Errorf("deploy/k8s/%s sets RTC_SIP_ALLOWED_NETWORKS in production", f)
+		}
+	}
 }
 
 // copyManifests copies deploy/k8s to a temporary directory, with file's text mutated.

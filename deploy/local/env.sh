@@ -32,6 +32,16 @@ export DATABASE_DSN RABBITMQ_ADDRESS REDIS_ADDRESS LOG_LEVEL
 : "${RTC_DIAL_TIMEOUT:=60s}"
 : "${RTC_MAX_DURATION:=1h}"
 
+# rtc-manager and api-manager: sip destinations on loopback are allowed (sipp and softphones on
+# this machine; the e2e tests rely on it), which production forbids. The trunk (RTC_TEL_TRUNK_URI,
+# the carrier simulator) and the rtc manager's own listener stay refused as sip destinations.
+: "${RTC_SIP_ALLOWED_NETWORKS:=127.0.0.0/8,::1/128}"
+
+# rtc-manager: SIP over TCP closes an inbound connection idle this long, and serves at most this
+# many inbound connections at once (the extra ones are closed at once).
+: "${SIP_TCP_IDLE_TIMEOUT:=2m}"
+: "${SIP_TCP_MAX_CONNECTIONS:=1024}"
+
 # webhook-manager: local receivers are allowed, which production forbids.
 : "${WEBHOOK_ALLOWED_NETWORKS:=127.0.0.0/8,::1/128}"
 

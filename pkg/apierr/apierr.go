@@ -149,9 +149,15 @@ func HasReason(err error, reason string) bool {
 	return ok && e.Reason == reason
 }
 
+// ErrUnavailable marks an error that says a dependency (the database, a cache the request cannot
+// do without, the message broker) is down or overloaded, not that the request is wrong: the same
+// request may succeed when retried. pkg/outage marks driver errors with it; From answers it as
+// UNAVAILABLE/SERVICE_UNAVAILABLE (503, which the API gateway sends with Retry-After).
+var ErrUnavailable = errors.New("a dependency is unavailable")
+
 // From converts any error to an *Error: typed errors pass through, a context deadline becomes
-// UNAVAILABLE/REQUEST_TIMEOUT, everything else INTERNAL with a generic message (the cause is for
-// logs, not for callers).
+// UNAVAILABLE/REQUEST_TIMEOUT, an error marked ErrUnavailable UNAVAILABLE/SERVICE_UNAVAILABLE,
+// everything else INTERNAL with a generic message (the cause is for logs, not for callers).
 func From(err error) *Error {
 	if err == nil {
 		return nil
@@ -161,6 +167,9 @@ func From(err error) *Error {
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return New(Unavailable, ReasonRequestTimeout, "the request timed out")
+	}
+	if errors.Is(err, ErrUnavailable) {
+		return New(Unavailable, ReasonServiceUnavailable, "a service this request needs is unavailable; retry later")
 	}
 	return New(Internal, ReasonInternal, "internal error")
 }

@@ -59,3 +59,20 @@ func TestURLProblemDoesNotLeakPassword(t *testing.T) {
 		t.Fatalf("Err() = %v", err)
 	}
 }
+
+func TestPrefixes(t *testing.T) {
+	r := New(env(map[string]string{"OK": " 127.0.0.0/8, ::1 ,10.1.2.3/8", "BAD": "127.0.0.0/8,nope,10.0.0.0/33"}))
+	got := r.Prefixes("OK", "")
+	if len(got) != 3 || got[0].String() != "127.0.0.0/8" || got[1].String() != "::1/128" || got[2].String() != "10.0.0.0/8" {
+		t.Fatalf("Prefixes = %v", got)
+	}
+	if r.Err() != nil {
+		t.Fatalf("Err = %v", r.Err())
+	}
+	if got := r.Prefixes("BAD", ""); len(got) != 1 {
+		t.Fatalf("Prefixes = %v, want only the valid one", got)
+	}
+	if err := r.Err(); err == nil || !strings.Contains(err.Error(), `"nope"`) || !strings.Contains(err.Error(), `"10.0.0.0/33"`) {
+		t.Fatalf("Err = %v, want both bad values named", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/apierr"
+	"voipbin/pkg/outage"
 	"voipbin/pkg/telemetry"
 )
 
@@ -162,8 +163,10 @@ func (s *Server) dispatch(ctx context.Context, req *Request) (resp *Response, pa
 	return resp, pattern
 }
 
+// errorResponse is the RPC edge's one mapping of a handler's error to a reply: a dependency that is
+// down (outage.Classify) is 503 SERVICE_UNAVAILABLE, not 500.
 func errorResponse(err error) *Response {
-	e := apierr.From(err)
+	e := apierr.From(outage.Classify(err))
 	return &Response{StatusCode: e.HTTPStatus(), Error: e}
 }
 

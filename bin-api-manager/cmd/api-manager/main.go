@@ -15,7 +15,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"voipbin/bin-api-manager/internal/cache"
@@ -33,6 +32,7 @@ import (
 	"voipbin/pkg/event"
 	"voipbin/pkg/lifecycle"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/netpolicy"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/sqldb"
 	"voipbin/pkg/telemetry"
@@ -91,7 +91,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer rpcClient.Close()
 	caller := rpcclient.New(rpcClient, log, reg)
 
-	ids, err := newIdentity(cfg, db, rdb, relay.Kick, log, reg)
+	// The authentication cache: what every request checks (keys, users) in memory and Redis, and
+	// the channel on which revocations reach every instance.
+	principals := cache.NewPrincipals(rdb, cache.PrincipalOptions{Prefix: "api:auth:", Channel: "api:auth:revoked",
+		TTL: cfg.AuthCacheTTL, Log: log, Registerer: reg})
+	ids, err := newIdentity(cfg, db, principals, relay.Kick)
 	if err != nil {
 		return err
 	}
@@ -105,16 +109,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	authenticator := httpauth.New(ids)
 	events := ws.NewHandler(ws.Deps{Conn: conn, Log: log, Registerer: reg,
-		Auth: ws.AuthFunc(func(r *http.Request) (ws.Identity, error) {
-			id, err := authenticator.Authenticate(r)
-			if err != nil {
-				return ws.Identity{}, err
-			}
-			if !id.CanRead() {
-				return ws.Identity{}, identity.ErrPermissionDenied
-			}
-			return ws.Identity{CustomerID: id.CustomerID, Superadmin: id.Superadmin()}, nil
-		})})
+		Auth:    ws.AuthFunc(func(r *http.Request) (ws.Identity, error) { return wsIdentity(ids, authenticator, r) }),
+		Options: ws.Options{RevalidateInterval: cfg.WSCredentialCheckInterval}})
+	// A revocation announced by any instance re-checks this instance's sockets at once.
+	principals.OnRevoke(events.Revalidate)
 	admin := telemetry.NewAdmin(cfg.AdminAddress, reg, map[string]telemetry.Check{
 		"mysql":     sqldb.Check(db),
 		"rabbitmq":  conn.Check,
@@ -130,7 +128,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		RateLimitIP: httpapi.RateLimit(cfg.RateLimitIP), RateLimitCustomer: httpapi.RateLimit(cfg.RateLimitCustomer),
 		Idempotency: cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour), CallCreateTimeout: cfg.CallCreateTimeout,
 		CORSOrigins: cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
-		WS: events,
+		WS:              events,
+		SIPDestinations: netpolicy.New(netpolicy.Options{Allowed: cfg.SIPAllowedNetworks}),
 	})
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10,
@@ -147,7 +146,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	log.Info("http server listening", "address", ln.Addr().String(), "tls", cfg.TLS())
 	return lifecycle.Run(ctx, log, lifecycle.Parts{
 		Admin: admin,
-		Work:  []lifecycle.Task{events.Run, serveHTTP(srv, ln)},
+		Work:  []lifecycle.Task{principals.Run, events.Run, serveHTTP(srv, ln)},
 		// customer.created rows committed by requests finishing during the drain still leave.
 		Trailing: []lifecycle.Task{relay.Run},
 	})
@@ -172,8 +171,23 @@ func serveHTTP(srv *http.Server, ln net.Listener) lifecycle.Task {
 	}
 }
 
-// newIdentity wires the identity service to MySQL and the Redis access-key cache.
-func newIdentity(cfg config.Config, db *sql.DB, rdb *redis.Client, committed func(), log *slog.Logger, reg prometheus.Registerer) (*identity.Service, error) {
+// wsIdentity authenticates a WebSocket upgrade like any request, and hands the socket its
+// credential's expiry and a check of its current state, so the socket lives no longer than the
+// credential.
+func wsIdentity(ids *identity.Service, auth *httpauth.Authenticator, r *http.Request) (ws.Identity, error) {
+	id, err := auth.Authenticate(r)
+	if err != nil {
+		return ws.Identity{}, err
+	}
+	if !id.CanRead() {
+		return ws.Identity{}, identity.ErrPermissionDenied
+	}
+	return ws.Identity{CustomerID: id.CustomerID, Superadmin: id.Superadmin(), Expires: id.Expires,
+		Check: func(ctx context.Context) error { return ids.Check(ctx, id) }}, nil
+}
+
+// newIdentity wires the identity service to MySQL and the authentication cache.
+func newIdentity(cfg config.Config, db *sql.DB, principals *cache.Principals, committed func()) (*identity.Service, error) {
 	keys := make([]identity.Key, len(cfg.JWTKeys))
 	for i, k := range cfg.JWTKeys {
 		keys[i] = identity.Key{ID: k.ID, Secret: k.Secret}
@@ -188,6 +202,5 @@ func newIdentity(cfg config.Config, db *sql.DB, rdb *redis.Client, committed fun
 	}
 	store := mysql.NewStore(db, committed)
 	return identity.NewService(identity.Deps{Users: store, Customers: store, Keys: store,
-		Cache:  cache.NewAccessKeys(rdb, "api:accesskey:", cfg.AccessKeyCacheTTL, log, reg),
-		Tokens: tokens, Passwords: passwords}), nil
+		Cache: principals.Keys(), UserCache: principals.Users(), Tokens: tokens, Passwords: passwords}), nil
 }

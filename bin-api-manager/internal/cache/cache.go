@@ -1,98 +1,22 @@
-// Package cache is the api manager's use of Redis: the access-key look-up cache, idempotency
-// records of POST /v1.0/calls, and the GCRA rate limiter. Redis is only a cache: the access-key
-// cache degrades to "not cached" when Redis cannot answer; the idempotency store and the limiter
-// return the error so their callers choose (refuse, or fail open). Losing the idempotency records
+// Package cache is the api manager's use of Redis: the authentication cache of access keys and
+// users with its revocation channel (Principals), idempotency records of POST /v1.0/calls, and the
+// GCRA rate limiter. Redis is only a cache: the authentication cache degrades to "not cached"
+// when Redis cannot answer (look-ups go to MySQL); the idempotency store and the limiter return
+// the error so their callers choose (refuse, or fail open). Losing the idempotency records
 // places no call twice: the call manager keeps every key too (call_requests) and answers a
 // repeated key with the calls it made.
 package cache
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-
-	"voipbin/bin-api-manager/internal/identity"
 )
-
-// AccessKeys caches access keys by the hash of their token, for ttl (at most 5 s, so a key
-// deleted while Redis could not be told still stops working within 5 s).
-type AccessKeys struct {
-	rdb    redis.Cmdable
-	prefix string
-	ttl    time.Duration
-	log    *slog.Logger
-	errors prometheus.Counter
-}
-
-// NewAccessKeys makes the cache; keys are prefix + hex(hash). reg may be nil.
-func NewAccessKeys(rdb redis.Cmdable, prefix string, ttl time.Duration, log *slog.Logger, reg prometheus.Registerer) *AccessKeys {
-	c := &AccessKeys{rdb: rdb, prefix: prefix, ttl: ttl, log: log,
-		errors: prometheus.NewCounter(prometheus.CounterOpts{Name: "api_accesskey_cache_errors_total",
-			Help: "Access-key cache operations that failed; look-ups then go to MySQL."})}
-	if reg != nil {
-		reg.MustRegister(c.errors)
-	}
-	return c
-}
-
-type cachedKey struct {
-	ID         string    `json:"id"`
-	CustomerID string    `json:"customer_id"`
-	UserID     string    `json:"user_id"`
-	Name       string    `json:"name"`
-	Permission uint32    `json:"permission"`
-	TMExpire   time.Time `json:"tm_expire"`
-	TMCreate   time.Time `json:"tm_create"`
-}
-
-func (c *AccessKeys) key(hash [32]byte) string { return c.prefix + hex.EncodeToString(hash[:]) }
-
-func (c *AccessKeys) fail(ctx context.Context, op string, err error) {
-	c.errors.Inc()
-	c.log.WarnContext(ctx, "access-key cache unavailable", "op", op, "error", err)
-}
-
-// Get returns the cached key, or false when it is not cached or Redis cannot answer.
-func (c *AccessKeys) Get(ctx context.Context, hash [32]byte) (identity.AccessKey, bool) {
-	b, err := c.rdb.Get(ctx, c.key(hash)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return identity.AccessKey{}, false
-	}
-	if err != nil {
-		c.fail(ctx, "get", err)
-		return identity.AccessKey{}, false
-	}
-	var k cachedKey
-	if err := json.Unmarshal(b, &k); err != nil {
-		return identity.AccessKey{}, false
-	}
-	return identity.AccessKey{ID: k.ID, CustomerID: k.CustomerID, UserID: k.UserID, Name: k.Name, TokenHash: hash,
-		Permission: identity.Permission(k.Permission), TMExpire: k.TMExpire, TMCreate: k.TMCreate}, true
-}
-
-// Set caches k for the TTL.
-func (c *AccessKeys) Set(ctx context.Context, k identity.AccessKey) {
-	b, _ := json.Marshal(cachedKey{ID: k.ID, CustomerID: k.CustomerID, UserID: k.UserID, Name: k.Name,
-		Permission: uint32(k.Permission), TMExpire: k.TMExpire, TMCreate: k.TMCreate})
-	if err := c.rdb.Set(ctx, c.key(k.TokenHash), b, c.ttl).Err(); err != nil {
-		c.fail(ctx, "set", err)
-	}
-}
-
-// Delete forgets a key.
-func (c *AccessKeys) Delete(ctx context.Context, hash [32]byte) {
-	if err := c.rdb.Del(ctx, c.key(hash)).Err(); err != nil {
-		c.fail(ctx, "delete", err)
-	}
-}
 
 // Record is what an Idempotency-Key stands for: a request still waiting for its outcome
 // (Pending), or the answer to replay.

@@ -6,13 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 
 	"voipbin/bin-api-manager/internal/cache"
-	"voipbin/bin-api-manager/internal/identity"
 	"voipbin/pkg/testenv"
 )
 
@@ -28,51 +24,6 @@ func deadRedis(t *testing.T) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
-}
-
-func TestAccessKeys(t *testing.T) {
-	ctx := context.Background()
-	rdb := testenv.Redis(t)
-	prefix := testenv.Name("ak") + ":"
-	c := cache.NewAccessKeys(rdb, prefix, 300*time.Millisecond, testenv.Logger(t), nil)
-	k := identity.AccessKey{ID: uuid.NewString(), CustomerID: uuid.NewString(), UserID: uuid.NewString(), Name: "ci",
-		TokenHash: identity.HashAccessKey("vb_x"), Permission: identity.PermCustomerAdmin,
-		TMExpire: time.Now().UTC().Add(time.Hour).Truncate(time.Microsecond), TMCreate: time.Now().UTC().Truncate(time.Microsecond)}
-
-	if _, ok := c.Get(ctx, k.TokenHash); ok {
-		t.Fatal("empty cache hit")
-	}
-	c.Set(ctx, k)
-	got, ok := c.Get(ctx, k.TokenHash)
-	if !ok || got != k {
-		t.Fatalf("Get = %+v, %v; want %+v", got, ok, k)
-	}
-	c.Delete(ctx, k.TokenHash)
-	if _, ok := c.Get(ctx, k.TokenHash); ok {
-		t.Fatal("deleted key still cached")
-	}
-	c.Set(ctx, k)
-	testenv.Eventually(t, 5*time.Second, "the entry to expire", func() bool { _, ok := c.Get(ctx, k.TokenHash); return !ok })
-}
-
-func TestAccessKeysWithRedisDownMissAndCount(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	c := cache.NewAccessKeys(deadRedis(t), "ak:", time.Second, testenv.Logger(t), reg)
-	ctx := context.Background()
-	k := identity.AccessKey{ID: "x", TokenHash: identity.HashAccessKey("vb_y")}
-	c.Set(ctx, k)
-	if _, ok := c.Get(ctx, k.TokenHash); ok {
-		t.Fatal("hit without Redis")
-	}
-	c.Delete(ctx, k.TokenHash)
-	n, err := testutil.GatherAndCount(reg, "api_accesskey_cache_errors_total")
-	if err != nil || n != 1 {
-		t.Fatalf("metric series %d, %v", n, err)
-	}
-	mfs, _ := reg.Gather()
-	if v := mfs[0].GetMetric()[0].GetCounter().GetValue(); v != 3 {
-		t.Fatalf("errors counted %v, want 3", v)
-	}
 }
 
 func TestIdempotency(t *testing.T) {

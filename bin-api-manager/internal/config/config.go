@@ -2,6 +2,7 @@
 package config
 
 import (
+	"net/netip"
 	"strings"
 	"time"
 
@@ -49,14 +50,22 @@ type Config struct {
 
 	RateLimitIP       RateLimit
 	RateLimitCustomer RateLimit
-	// AccessKeyCacheTTL bounds how long a deleted access key may still work (at most 5 s).
-	AccessKeyCacheTTL time.Duration
+	// AuthCacheTTL is how long an access key or a user read from MySQL is trusted by the
+	// authentication cache (Redis and memory); it bounds how long a revocation that could not be
+	// announced (Redis unreachable) may go unnoticed (at most 5 s).
+	AuthCacheTTL time.Duration
+	// WSCredentialCheckInterval is how often every WebSocket's credential is checked again,
+	// besides the checks a revocation triggers at once.
+	WSCredentialCheckInterval time.Duration
 	// BcryptCost is the cost of new password hashes.
 	BcryptCost int
 	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager: at least
 	// callapi.CreateTimeout (the call manager's longest budget plus the time its reply takes), so
 	// the call manager always gives up first.
 	CallCreateTimeout time.Duration
+	// SIPAllowedNetworks opens, for sip destinations with a literal address, ranges refused by
+	// default (RTC_SIP_ALLOWED_NETWORKS, the rtc manager's setting: set both alike).
+	SIPAllowedNetworks []netip.Prefix
 }
 
 // TLS reports whether the HTTP server serves TLS.
@@ -105,15 +114,21 @@ func load(r *envconf.Reader) Config {
 			Rate:  r.Int("RATE_LIMIT_CUSTOMER_RATE", 50, 0, 1_000_000),
 			Burst: r.Int("RATE_LIMIT_CUSTOMER_BURST", 100, 1, 1_000_000),
 		},
-		AccessKeyCacheTTL: r.Duration("ACCESSKEY_CACHE_TTL", 5*time.Second),
-		BcryptCost:        r.Int("BCRYPT_COST", 10, 4, 16),
-		CallCreateTimeout: r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
+		AuthCacheTTL:              r.Duration("AUTH_CACHE_TTL", 5*time.Second),
+		WSCredentialCheckInterval: r.Duration("WS_CREDENTIAL_CHECK_INTERVAL", 2*time.Second),
+		BcryptCost:                r.Int("BCRYPT_COST", 10, 4, 16),
+		CallCreateTimeout:         r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
+
+		SIPAllowedNetworks: r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Fail("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")
 	}
-	if c.AccessKeyCacheTTL > 5*time.Second {
-		r.Fail("ACCESSKEY_CACHE_TTL", "must be at most 5s (a deleted key must stop working within 5 s), got %s", c.AccessKeyCacheTTL)
+	if c.AuthCacheTTL <= 0 || c.AuthCacheTTL > 5*time.Second {
+		r.Fail("AUTH_CACHE_TTL", "must be more than 0 and at most 5s (a revoked credential must stop working within 5 s), got %s", c.AuthCacheTTL)
+	}
+	if c.WSCredentialCheckInterval < 100*time.Millisecond || c.WSCredentialCheckInterval > 10*time.Second {
+		r.Fail("WS_CREDENTIAL_CHECK_INTERVAL", "must be from 100ms to 10s, got %s", c.WSCredentialCheckInterval)
 	}
 	if c.CallCreateTimeout < callapi.CreateTimeout || c.CallCreateTimeout > time.Minute {
 		r.Fail("CALL_CREATE_TIMEOUT", "%s is outside [%s, 1m]: the api must wait longer than the call manager's whole create budget (callapi.MaxCreateBudget %s + reply margin %s)",

@@ -33,18 +33,20 @@ func (k *accessKeys) Routes() chi.Router {
 }
 
 type accessKeyJSON struct {
-	ID         string    `json:"id"`
-	CustomerID string    `json:"customer_id"`
-	UserID     string    `json:"user_id"`
-	Name       string    `json:"name"`
-	Permission uint32    `json:"permission"`
-	Token      string    `json:"token,omitempty"`
-	TMExpire   time.Time `json:"tm_expire"`
-	TMCreate   time.Time `json:"tm_create"`
+	ID         string `json:"id"`
+	CustomerID string `json:"customer_id"`
+	UserID     string `json:"user_id"`
+	// ParentKeyID is the access key that created this one ("" when a JWT did).
+	ParentKeyID string    `json:"parent_key_id"`
+	Name        string    `json:"name"`
+	Permission  uint32    `json:"permission"`
+	Token       string    `json:"token,omitempty"`
+	TMExpire    time.Time `json:"tm_expire"`
+	TMCreate    time.Time `json:"tm_create"`
 }
 
 func toAccessKey(k identity.AccessKey) accessKeyJSON {
-	return accessKeyJSON{ID: k.ID, CustomerID: k.CustomerID, UserID: k.UserID, Name: k.Name,
+	return accessKeyJSON{ID: k.ID, CustomerID: k.CustomerID, UserID: k.UserID, ParentKeyID: k.ParentKeyID, Name: k.Name,
 		Permission: uint32(k.Permission), Token: k.Token, TMExpire: k.TMExpire, TMCreate: k.TMCreate}
 }
 
@@ -64,7 +66,7 @@ func (k *accessKeys) create(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	k.log.InfoContext(r.Context(), "access key created", "accesskey_id", key.ID, "tm_expire", key.TMExpire)
+	k.log.InfoContext(r.Context(), "access key created", "accesskey_id", key.ID, "parent_key_id", key.ParentKeyID, "tm_expire", key.TMExpire)
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusCreated, toAccessKey(key))
 	return nil

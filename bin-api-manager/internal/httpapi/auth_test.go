@@ -93,7 +93,8 @@ func TestBadTokensAre401(t *testing.T) {
 	h := newHarness(t, options{})
 	c := h.newCustomer("acme")
 	now := time.Now().Unix()
-	claims := jwt.MapClaims{"sub": "5f0c7a8e-8e8f-4c1c-9a53-2f3b7c1d9e01", "customer_id": c.id, "permission": 32, "iat": now, "exp": now + 600}
+	// A well-signed token must name a user that exists (revocation), so the control is c's user.
+	claims := jwt.MapClaims{"sub": subject(t, c.token), "customer_id": c.id, "permission": 32, "iat": now, "exp": now + 600}
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)

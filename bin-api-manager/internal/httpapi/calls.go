@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"voipbin/bin-api-manager/internal/identity"
 	"voipbin/pkg/apierr"
 	"voipbin/pkg/callapi"
+	"voipbin/pkg/netpolicy"
 	"voipbin/pkg/telemetry"
 )
 
@@ -33,10 +35,44 @@ type CallManager interface {
 // calls serves /v1.0/calls.
 type calls struct {
 	*api
-	mgr  CallManager
-	idem IdempotencyStore
+	mgr       CallManager
+	idem      IdempotencyStore
+	sipPolicy AddressChecker
 	// timeout is how long a create waits for the call manager (longer than its whole budget).
 	timeout time.Duration
+}
+
+func sipPolicy(c AddressChecker) AddressChecker {
+	if c == nil {
+		return netpolicy.New(netpolicy.Options{})
+	}
+	return c
+}
+
+// checkSIPDestinations refuses sip destinations whose host is a literal address the policy
+// refuses (loopback, private, … unless RTC_SIP_ALLOWED_NETWORKS allows them). Names pass here:
+// the rtc manager resolves and checks them at dial time.
+func (c *calls) checkSIPDestinations(req callapi.CreateRequest) error {
+	for i, d := range req.Destinations {
+		if d.Type != callapi.AddressSIP {
+			continue
+		}
+		_, hostport, _ := callapi.SplitSIPTarget(d.Target)
+		host := hostport
+		if h, _, err := net.SplitHostPort(hostport); err == nil {
+			host = h
+		}
+		ip, ok := netpolicy.ParseHost(host)
+		if !ok {
+			continue
+		}
+		if err := c.sipPolicy.Check(ip); err != nil {
+			return apierr.Invalid(fmt.Sprintf("destinations[%d].target", i),
+				"is not an allowed SIP destination: "+strings.TrimPrefix(err.Error(), netpolicy.ErrForbidden.Error()+": ")+
+					" (the operator may allow ranges with RTC_SIP_ALLOWED_NETWORKS)")
+		}
+	}
+	return nil
 }
 
 func (c *calls) Routes() chi.Router {
@@ -102,6 +138,9 @@ func (c *calls) create(w http.ResponseWriter, r *http.Request) error {
 	}
 	req, err := in.request(id)
 	if err != nil {
+		return err
+	}
+	if err := c.checkSIPDestinations(req); err != nil {
 		return err
 	}
 	key := r.Header.Get("Idempotency-Key")

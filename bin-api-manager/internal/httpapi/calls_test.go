@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -314,6 +315,13 @@ func TestBadInput(t *testing.T) {
 		{"target_name with LF", "POST", "/v1.0/calls", map[string]any{
 			"source":       map[string]string{"type": "tel", "target": "+15551230000", "target_name": "a\nb"},
 			"destinations": []map[string]string{{"type": "tel", "target": "+15557654321"}}}, 400, "INVALID_ARGUMENT", "source.target_name"},
+		{"sip loopback literal", "POST", "/v1.0/calls", sip("+1200000003@127.0.0.1:5080"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip private literal", "POST", "/v1.0/calls", sip("bob@10.1.2.3"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip link-local metadata", "POST", "/v1.0/calls", sip("bob@169.254.169.254"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip IPv6 loopback", "POST", "/v1.0/calls", sip("bob@[::1]:5060"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip IPv4-mapped loopback", "POST", "/v1.0/calls", sip("bob@[::ffff:127.0.0.1]"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"sip IPv4-compatible IPv6", "POST", "/v1.0/calls", sip("bob@[::a9fe:a9fe]"), 400, "INVALID_ARGUMENT", "destinations[0].target"},
+		{"second sip destination private", "POST", "/v1.0/calls", callBody("bob@example.com", "bob@192.168.1.1"), 400, "INVALID_ARGUMENT", "destinations[1].target"},
 		{"unknown address type", "POST", "/v1.0/calls", map[string]any{"source": map[string]string{"type": "fax", "target": "+15551230000"}, "destinations": []map[string]string{{"type": "tel", "target": "+15557654321"}}}, 400, "INVALID_ARGUMENT", "source.type"},
 		{"negative timeout", "POST", "/v1.0/calls", map[string]any{"source": map[string]string{"type": "tel", "target": "+15551230000"}, "destinations": []map[string]string{{"type": "tel", "target": "+15557654321"}}, "timeout": -1}, 400, "INVALID_ARGUMENT", "timeout"},
 		{"bad UUID in path", "GET", "/v1.0/calls/not-a-uuid", nil, 400, "INVALID_ARGUMENT", "id"},
@@ -349,5 +357,21 @@ func TestBadInput(t *testing.T) {
 	raw, _ := json.Marshal(e)
 	if strings.Contains(string(raw), "json: ") {
 		t.Fatalf("message leaks Go's wording: %s", raw)
+	}
+}
+
+// RTC_SIP_ALLOWED_NETWORKS opens ranges for literal sip destinations, as in the local stack; names
+// pass the API (the rtc manager resolves and checks them when it dials).
+func TestSIPDestinationPolicy(t *testing.T) {
+	h := newHarness(t, options{sipAllowed: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	c := h.newCustomer("acme")
+	for _, target := range []string{"bob@127.0.0.1:5070", "bob@example.com", "bob@93.184.216.34"} {
+		h.must(201, "POST", "/v1.0/calls", c.token, callBody(target))
+	}
+	for _, target := range []string{"bob@10.0.0.1", "bob@[::1]", "bob@[fe80::1]"} {
+		e := h.expectError(400, "INVALID_ARGUMENT", "POST", "/v1.0/calls", c.token, callBody(target))
+		if !strings.Contains(e.Message, "not an allowed SIP destination") {
+			t.Errorf("%s: message %q", target, e.Message)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -30,11 +31,13 @@ import (
 	"voipbin/bin-api-manager/internal/identity"
 	"voipbin/bin-api-manager/internal/mysql"
 	"voipbin/bin-api-manager/internal/rpcclient"
+	"voipbin/bin-api-manager/internal/ws"
 	"voipbin/bin-api-manager/migrations"
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/billingapi"
 	"voipbin/pkg/callapi"
 	"voipbin/pkg/migrate"
+	"voipbin/pkg/netpolicy"
 	"voipbin/pkg/rpc"
 	"voipbin/pkg/telemetry"
 	"voipbin/pkg/testenv"
@@ -68,6 +71,13 @@ type options struct {
 	// realManagers sends requests to the contract queues themselves, where the test runs real
 	// managers (in a vhost of its own), and starts no stand-ins.
 	realManagers bool
+	// ws serves the real WebSocket endpoint (internal/ws) instead of a stub, wired as main does.
+	ws bool
+	// share makes a second api-manager instance: its own router, identity service, cache and
+	// WebSocket endpoint over the database and Redis keys of share.
+	share *harness
+	// sipAllowed is RTC_SIP_ALLOWED_NETWORKS.
+	sipAllowed []netip.Prefix
 }
 
 // harness is the real router over real MariaDB, Redis and RabbitMQ, with the managers stood in
@@ -87,6 +97,9 @@ type harness struct {
 	billing *fakeBilling
 	hooks   *fakeWebhooks
 	root    string // the superadmin's token
+	// principals is the authentication cache; events the WebSocket endpoint (with options.ws).
+	principals *cache.Principals
+	events     *ws.Handler
 	// limiterCalls counts the requests that reached the rate limiter.
 	limiterCalls atomic.Int64
 }
@@ -185,18 +198,25 @@ var wsStub = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 func newHarness(t testing.TB, o options) *harness {
 	t.Helper()
 	ctx := context.Background()
-	db := testenv.MySQL(t)
-	if _, err := migrate.Up(ctx, db, migrations.FS, "customer", testenv.Logger(t)); err != nil {
-		t.Fatal(err)
-	}
-	rdb := testenv.Redis(t)
-	prefix := testenv.Name("api") + ":"
-	t.Cleanup(func() {
-		keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(context.Background(), keys...)
+	var db *sql.DB
+	var rdb *redis.Client
+	var prefix string
+	if o.share != nil {
+		db, rdb, prefix = o.share.db, o.share.rdb, o.share.prefix
+	} else {
+		db = testenv.MySQL(t)
+		if _, err := migrate.Up(ctx, db, migrations.FS, "customer", testenv.Logger(t)); err != nil {
+			t.Fatal(err)
 		}
-	})
+		rdb = testenv.Redis(t)
+		prefix = testenv.Name("api") + ":"
+		t.Cleanup(func() {
+			keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
+			if len(keys) > 0 {
+				rdb.Del(context.Background(), keys...)
+			}
+		})
+	}
 	conn := testenv.Rabbit(t)
 	if o.rabbitURL != "" {
 		conn = testenv.DialRabbit(t, o.rabbitURL)
@@ -240,8 +260,12 @@ func newHarness(t testing.TB, o options) *harness {
 		t.Fatal(err)
 	}
 	store := mysql.NewStore(db, nil)
+	h.principals = cache.NewPrincipals(rdb, cache.PrincipalOptions{Prefix: prefix + "auth:", Channel: prefix + "auth:revoked",
+		TTL: 5 * time.Second, Log: log, Registerer: reg})
+	runUntilCleanup(t, h.principals.Run)
+	testenv.Eventually(t, 10*time.Second, "the revocation channel subscribed", h.principals.Live)
 	h.svc = identity.NewService(identity.Deps{Users: store, Customers: store, Keys: store,
-		Cache: cache.NewAccessKeys(rdb, prefix+"ak:", 5*time.Second, log, reg), Tokens: tokens, Passwords: pw})
+		Cache: h.principals.Keys(), UserCache: h.principals.Users(), Tokens: tokens, Passwords: pw})
 	if _, err := h.svc.Bootstrap(ctx, rootUser, rootPassword); err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +281,8 @@ func newHarness(t testing.TB, o options) *harness {
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
 		Limiter: countingLimiter{next: cache.NewLimiter(limiterRedis, prefix+"rl:"), calls: &h.limiterCalls}, RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
 		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour), CallCreateTimeout: o.createTimeout,
-		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: wsStub,
+		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: h.wsHandler(o, conn, log, reg),
+		SIPDestinations: netpolicy.New(netpolicy.Options{Allowed: o.sipAllowed}),
 	})
 	srv := httptest.NewServer(handler)
 	t.Cleanup(srv.Close)
@@ -273,6 +298,41 @@ func newHarness(t testing.TB, o options) *harness {
 	}
 	h.root = decodeJSON[map[string]any](t, body)["token"].(string)
 	return h
+}
+
+// runUntilCleanup runs f in a goroutine until the test ends.
+func runUntilCleanup(t testing.TB, f func(context.Context) error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = f(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// wsHandler is the WebSocket endpoint: a stub, or (options.ws) the real one wired as main wires
+// it, with the credential's expiry and Identity.Check, re-checked at once on every revocation.
+func (h *harness) wsHandler(o options, conn *amqp.Conn, log *slog.Logger, reg prometheus.Registerer) http.Handler {
+	if !o.ws {
+		return wsStub
+	}
+	authn := httpauth.New(h.svc)
+	h.events = ws.NewHandler(ws.Deps{Conn: conn, Log: log, Registerer: reg,
+		Auth: ws.AuthFunc(func(r *http.Request) (ws.Identity, error) {
+			id, err := authn.Authenticate(r)
+			if err != nil {
+				return ws.Identity{}, err
+			}
+			if !id.CanRead() {
+				return ws.Identity{}, identity.ErrPermissionDenied
+			}
+			return ws.Identity{CustomerID: id.CustomerID, Superadmin: id.Superadmin(), Expires: id.Expires,
+				Check: func(ctx context.Context) error { return h.svc.Check(ctx, id) }}, nil
+		})})
+	h.principals.OnRevoke(h.events.Revalidate)
+	runUntilCleanup(h.t, h.events.Run)
+	testenv.Eventually(h.t, 30*time.Second, "the WebSocket event stream ready", func() bool {
+		return h.events.Check(context.Background()) == nil
+	})
+	return h.events
 }
 
 // do sends a request. body may be nil, a string (sent as is) or anything JSON-encodable;

@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -48,6 +49,7 @@ type IdentityService interface {
 	sessionService
 	customerService
 	accessKeyService
+	userService
 }
 
 // Deps are everything the router needs; main builds them.
@@ -79,6 +81,14 @@ type Deps struct {
 	// WS, when set, serves GET /v1.0/ws. It authenticates by itself (httpauth.Authenticator),
 	// since browsers cannot set headers on a WebSocket handshake.
 	WS http.Handler
+	// SIPDestinations checks the literal address of a sip destination (the rtc manager checks
+	// again, after resolving names, at dial time); nil refuses the default-refused ranges.
+	SIPDestinations AddressChecker
+}
+
+// AddressChecker is the address policy of sip destinations (netpolicy.Policy).
+type AddressChecker interface {
+	Check(ip netip.Addr) error
 }
 
 // api holds what the middleware and resources share.
@@ -124,11 +134,13 @@ func New(d Deps) http.Handler {
 			r.Mount("/v1.0/customers", (&customers{api: a, svc: d.Identity}).Routes())
 			r.Get("/v1.0/customer", (&customers{api: a, svc: d.Identity}).own)
 			r.Mount("/v1.0/accesskeys", (&accessKeys{api: a, svc: d.Identity}).Routes())
-			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, timeout: d.CallCreateTimeout}).Routes())
+			r.Mount("/v1.0/users", (&users{api: a, svc: d.Identity}).Routes())
+			r.Mount("/v1.0/calls", (&calls{api: a, mgr: d.Calls, idem: d.Idempotency, timeout: d.CallCreateTimeout,
+				sipPolicy: sipPolicy(d.SIPDestinations)}).Routes())
 			b := &billing{api: a, mgr: d.Billing}
 			r.Mount("/v1.0/billing_accounts", b.AccountRoutes())
 			r.Mount("/v1.0/billings", b.BillingRoutes())
-			r.Mount("/v1.0/webhooks", (&webhooks{api: a, mgr: d.Webhooks}).Routes())
+			r.Mount("/v1.0/webhooks", (&webhooks{api: a, mgr: d.Webhooks, customers: d.Identity}).Routes())
 		})
 	})
 	return r

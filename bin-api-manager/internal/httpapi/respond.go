@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -15,6 +16,7 @@ import (
 	"voipbin/bin-api-manager/internal/httpauth"
 	"voipbin/bin-api-manager/internal/identity"
 	"voipbin/pkg/apierr"
+	"voipbin/pkg/outage"
 	"voipbin/pkg/telemetry"
 )
 
@@ -25,6 +27,10 @@ const (
 	ReasonIdempotencyKeyReused = "IDEMPOTENCY_KEY_REUSED"
 	ReasonIdempotencyInFlight  = "IDEMPOTENCY_KEY_IN_USE"
 )
+
+// RetryAfterSeconds is the Retry-After of a 429 or 503 that did not set its own: long enough for
+// a restarted dependency to come back, short enough that a retried request is not dropped.
+const RetryAfterSeconds = 1
 
 var errBodyTooLarge = apierr.Newf(apierr.PayloadTooLarge, ReasonBodyTooLarge, "request body exceeds %d bytes", MaxBodyBytes)
 
@@ -41,15 +47,18 @@ type envelope struct {
 	Error errorBody `json:"error"`
 }
 
-// writeError writes err as the error envelope. Every failure the API answers goes through here.
+// writeError writes err as the error envelope. Every failure the API answers goes through here:
+// a dependency that is down (outage.Classify, here or in the manager that answered over RPC) is
+// 503 SERVICE_UNAVAILABLE, and every 429 and 503 carries Retry-After, so clients that retry only
+// those retry instead of dropping the request.
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
-	e := apierr.From(err)
+	e := apierr.From(outage.Classify(err))
 	details := e.Details
 	if details == nil {
 		details = []apierr.Detail{}
 	}
-	if e.Status == apierr.ResourceExhausted && w.Header().Get("Retry-After") == "" {
-		w.Header().Set("Retry-After", "1")
+	if (e.Status == apierr.ResourceExhausted || e.Status == apierr.Unavailable) && w.Header().Get("Retry-After") == "" {
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds))
 	}
 	writeJSON(w, e.HTTPStatus(), envelope{Error: errorBody{Status: e.Status, Reason: e.Reason, Message: e.Message,
 		RequestID: telemetry.RequestID(r.Context()), Details: details}})

@@ -6,9 +6,11 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strings"
 
 	"github.com/go-chi/chi/v5"
 
+	"voipbin/bin-api-manager/internal/identity"
 	"voipbin/pkg/apierr"
 	"voipbin/pkg/webhookapi"
 )
@@ -33,10 +35,16 @@ type webhookWriter interface {
 	Retry(ctx context.Context, customerID, id, deliveryID string) (webhookapi.Delivery, error)
 }
 
+// customerLookup tells whether a customer exists (identity.ErrCustomerNotFound otherwise).
+type customerLookup interface {
+	Customer(ctx context.Context, caller identity.Identity, id string) (identity.Customer, error)
+}
+
 // webhooks serves /v1.0/webhooks, forwarding to the webhook manager.
 type webhooks struct {
 	*api
-	mgr WebhookManager
+	mgr       WebhookManager
+	customers customerLookup
 }
 
 func (h *webhooks) Routes() chi.Router {
@@ -73,7 +81,8 @@ type webhookBody struct {
 // validate checks the shape of a webhook; the webhook manager checks the rest (the target
 // address, SSRF) and answers with its own reasons.
 func (b webhookBody) validate() error {
-	if err := validText("name", b.Name); err != nil {
+	// Names are trimmed (request does the same): one of only spaces is blank, hence refused.
+	if err := validText("name", strings.TrimSpace(b.Name)); err != nil {
 		return err
 	}
 	u, err := url.Parse(b.URI)
@@ -105,7 +114,7 @@ func validText(field, s string) error {
 }
 
 func (b webhookBody) request(customerID string) webhookapi.WriteRequest {
-	return webhookapi.WriteRequest{CustomerID: customerID, Name: b.Name, URI: b.URI, Method: b.Method,
+	return webhookapi.WriteRequest{CustomerID: customerID, Name: strings.TrimSpace(b.Name), URI: b.URI, Method: b.Method,
 		EventTypes: b.EventTypes, Status: b.Status}
 }
 
@@ -133,6 +142,13 @@ func (h *webhooks) create(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := in.validate(); err != nil {
 		return err
+	}
+	if who.Superadmin() {
+		// A superadmin names the customer: it must exist (404 CUSTOMER_NOT_FOUND), or the webhook
+		// would belong to no one.
+		if _, err := h.customers.Customer(r.Context(), who, customer); err != nil {
+			return err
+		}
 	}
 	hook, err := h.mgr.Create(r.Context(), in.request(customer))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"sync"
+	"time"
 
 	"voipbin/bin-api-manager/internal/identity"
 )
@@ -117,9 +118,55 @@ func (m *memStore) Customers(_ context.Context, after identity.Cursor, limit int
 	return out, nil
 }
 
+func (m *memStore) Users(_ context.Context, customerID string, all bool) ([]identity.User, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := []identity.User{}
+	for _, u := range m.users {
+		if all || u.CustomerID == customerID {
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
+
+func (m *memStore) SetUserPermission(_ context.Context, id string, p identity.Permission, now time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	u, ok := m.users[id]
+	if !ok {
+		return identity.ErrUserNotFound
+	}
+	u.Permission, u.TMUpdate = p, now
+	m.users[id] = u
+	return nil
+}
+
+func (m *memStore) DeleteUser(_ context.Context, id string, _ time.Time) ([]identity.AccessKey, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.users[id]; !ok {
+		return nil, identity.ErrUserNotFound
+	}
+	delete(m.users, id)
+	var gone []identity.AccessKey
+	for _, k := range m.keys {
+		if k.UserID == id && !m.deleted[k.ID] {
+			m.deleted[k.ID] = true
+			gone = append(gone, k)
+		}
+	}
+	return gone, nil
+}
+
 func (m *memStore) CreateAccessKey(_ context.Context, k identity.AccessKey) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if k.ParentKeyID != "" {
+		if _, ok := m.keys[k.ParentKeyID]; !ok || m.deleted[k.ParentKeyID] {
+			return identity.ErrAccessKeyNotFound
+		}
+	}
 	m.keys[k.ID] = k
 	return nil
 }
@@ -157,14 +204,24 @@ func (m *memStore) AccessKeys(_ context.Context, customerID string, all bool) ([
 	return out, nil
 }
 
-func (m *memStore) DeleteAccessKey(_ context.Context, id string) error {
+func (m *memStore) DeleteAccessKey(_ context.Context, id string, _ time.Time) ([]identity.AccessKey, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.keys[id]; !ok || m.deleted[id] {
-		return identity.ErrAccessKeyNotFound
+	k, ok := m.keys[id]
+	if !ok || m.deleted[id] {
+		return nil, identity.ErrAccessKeyNotFound
 	}
 	m.deleted[id] = true
-	return nil
+	gone := []identity.AccessKey{k}
+	for i := 0; i < len(gone); i++ {
+		for _, c := range m.keys {
+			if c.ParentKeyID == gone[i].ID && !m.deleted[c.ID] {
+				m.deleted[c.ID] = true
+				gone = append(gone, c)
+			}
+		}
+	}
+	return gone, nil
 }
 
 // memCache is an in-memory KeyCache.

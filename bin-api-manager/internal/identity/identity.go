@@ -43,6 +43,11 @@ type Identity struct {
 	// Method is MethodJWT or MethodAccessKey; AccessKeyID is set for the latter.
 	Method      string
 	AccessKeyID string
+	// Expires is when the credential stops working: the JWT's exp, or the access key's expiry.
+	Expires time.Time
+
+	// keyHash finds the access key again when the identity is re-checked (Service.Check).
+	keyHash [32]byte
 }
 
 // Superadmin reports whether the caller may act for every customer.
@@ -103,9 +108,12 @@ type AccessKey struct {
 	Name       string
 	TokenHash  [32]byte
 	Permission Permission
-	TMExpire   time.Time
-	TMCreate   time.Time
-	Token      string
+	// ParentKeyID is the access key that created this one ("" when a user's JWT did): the key is
+	// deleted with its parent and never outlives it.
+	ParentKeyID string
+	TMExpire    time.Time
+	TMCreate    time.Time
+	Token       string
 }
 
 // Reasons of the identity errors.
@@ -115,6 +123,10 @@ const (
 	ReasonCustomerNotFound       = "CUSTOMER_NOT_FOUND"
 	ReasonAccessKeyNotFound      = "ACCESSKEY_NOT_FOUND"
 	ReasonUsernameTaken          = "USERNAME_TAKEN"
+	// ReasonCredentialsRevoked: the credential was valid but its user was deleted, the user's
+	// permission was lowered below the credential's, or its access key was deleted.
+	ReasonCredentialsRevoked = "CREDENTIALS_REVOKED"
+	ReasonUserNotFound       = "USER_NOT_FOUND"
 )
 
 // Errors. Adapters return the NotFound and Taken ones; the rest come from the Service.
@@ -123,7 +135,7 @@ var (
 	ErrInvalidCredentials     = apierr.New(apierr.Unauthenticated, ReasonInvalidCredentials, "invalid username or password")
 	ErrPermissionDenied       = apierr.New(apierr.PermissionDenied, apierr.ReasonPermissionDenied, "permission denied")
 	ErrCustomerNotFound       = apierr.New(apierr.NotFound, ReasonCustomerNotFound, "customer not found")
-	ErrUserNotFound           = apierr.New(apierr.NotFound, apierr.ReasonNotFound, "user not found")
+	ErrUserNotFound           = apierr.New(apierr.NotFound, ReasonUserNotFound, "user not found")
 	ErrAccessKeyNotFound      = apierr.New(apierr.NotFound, ReasonAccessKeyNotFound, "access key not found")
 	ErrUsernameTaken          = apierr.New(apierr.AlreadyExists, ReasonUsernameTaken, "username is taken")
 )
@@ -167,6 +179,37 @@ func (n NewCustomer) Validate() error {
 func validName(field, s string) error {
 	if strings.TrimSpace(s) == "" || utf8.RuneCountInString(s) > 255 || !utf8.ValidString(s) {
 		return apierr.Invalid(field, "must be 1-255 characters and not blank")
+	}
+	return nil
+}
+
+// CustomerPermissions are the bits a customer's user may hold.
+const CustomerPermissions = PermCustomerAdmin | PermCustomerManager
+
+// NewUser is what creating a customer's user takes.
+type NewUser struct {
+	// CustomerID is the user's customer: a superadmin names it, anyone else creates users of its
+	// own customer.
+	CustomerID string
+	Username   string
+	Password   string
+	Permission Permission
+}
+
+// Validate reports the first invalid field.
+func (n NewUser) Validate() error {
+	if !usernamePattern.MatchString(n.Username) {
+		return apierr.Invalid("username", "must be 3-64 characters of letters, digits and . _ @ -, starting with a letter or digit")
+	}
+	if len(n.Password) < MinPasswordLen || len(n.Password) > MaxPasswordLen {
+		return apierr.Invalid("password", "must be 8-72 bytes long")
+	}
+	return validCustomerPermission(n.Permission)
+}
+
+func validCustomerPermission(p Permission) error {
+	if p == 0 || p&^CustomerPermissions != 0 {
+		return apierr.Invalid("permission", "must be 32 (customer admin), 64 (customer manager) or 96 (both)")
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -145,6 +146,92 @@ func (s *Store) CreateUser(ctx context.Context, u identity.User) error {
 	return insertUser(ctx, s.db, u)
 }
 
+// Users lists a customer's live users ("" is the superadmins), or every user, newest first.
+func (s *Store) Users(ctx context.Context, customerID string, all bool) ([]identity.User, error) {
+	q := "SELECT " + userColumns + " FROM customer_users WHERE tm_delete IS NULL"
+	var args []any
+	switch {
+	case all:
+	case customerID == "":
+		q += " AND customer_id IS NULL"
+	default:
+		b, err := uid(customerID)
+		if err != nil {
+			return []identity.User{}, nil
+		}
+		q += " AND customer_id = ?"
+		args = append(args, b)
+	}
+	rows, err := s.db.QueryContext(ctx, q+" ORDER BY tm_create DESC, id DESC LIMIT 1000", args...)
+	if err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	defer rows.Close()
+	out := []identity.User{}
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scan user: %w", err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	return out, nil
+}
+
+// SetUserPermission changes a live user's permission.
+func (s *Store) SetUserPermission(ctx context.Context, id string, p identity.Permission, now time.Time) error {
+	b, err := uid(id)
+	if err != nil {
+		return identity.ErrUserNotFound
+	}
+	res, err := s.db.ExecContext(ctx, "UPDATE customer_users SET permission = ?, tm_update = ? WHERE id = ? AND tm_delete IS NULL",
+		uint32(p), now, b)
+	if err != nil {
+		return fmt.Errorf("update user permission: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		// Zero rows also when the permission is unchanged: tell the two apart.
+		if _, err := s.UserByID(ctx, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteUser soft-deletes a live user and its live access keys in one transaction.
+func (s *Store) DeleteUser(ctx context.Context, id string, now time.Time) ([]identity.AccessKey, error) {
+	b, err := uid(id)
+	if err != nil {
+		return nil, identity.ErrUserNotFound
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	res, err := tx.ExecContext(ctx, "UPDATE customer_users SET tm_delete = ?, tm_update = ? WHERE id = ? AND tm_delete IS NULL", now, now, b)
+	if err != nil {
+		return nil, fmt.Errorf("delete user: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return nil, identity.ErrUserNotFound
+	}
+	keys, err := selectKeys(ctx, tx, "user_id = ? AND tm_delete IS NULL FOR UPDATE", b)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE customer_accesskeys SET tm_delete = ? WHERE user_id = ? AND tm_delete IS NULL", now, b); err != nil {
+		return nil, fmt.Errorf("delete the user's access keys: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit user deletion: %w", err)
+	}
+	return keys, nil
+}
+
 // ---- customers --------------------------------------------------------------------------------
 
 const customerColumns = "id, name, email, tm_create, tm_update"
@@ -243,20 +330,48 @@ func (s *Store) Customers(ctx context.Context, after identity.Cursor, limit int)
 
 // ---- access keys ------------------------------------------------------------------------------
 
-const keyColumns = "id, customer_id, user_id, name, token_hash, permission, tm_expire, tm_create"
+const keyColumns = "id, customer_id, user_id, parent_key_id, name, token_hash, permission, tm_expire, tm_create"
 
 func scanKey(row interface{ Scan(...any) error }) (identity.AccessKey, error) {
 	var k identity.AccessKey
-	var id, cid, user, hash []byte
-	if err := row.Scan(&id, &cid, &user, &k.Name, &hash, &k.Permission, &k.TMExpire, &k.TMCreate); err != nil {
+	var id, cid, user, parent, hash []byte
+	if err := row.Scan(&id, &cid, &user, &parent, &k.Name, &hash, &k.Permission, &k.TMExpire, &k.TMCreate); err != nil {
 		return identity.AccessKey{}, err
 	}
-	k.ID, k.CustomerID, k.UserID = str(id), str(cid), str(user)
+	k.ID, k.CustomerID, k.UserID, k.ParentKeyID = str(id), str(cid), str(user), str(parent)
 	copy(k.TokenHash[:], hash)
 	return k, nil
 }
 
-// CreateAccessKey inserts a key (its hash only).
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// selectKeys reads the keys matching where (which may end with FOR UPDATE).
+func selectKeys(ctx context.Context, q querier, where string, args ...any) ([]identity.AccessKey, error) {
+	rows, err := q.QueryContext(ctx, "SELECT "+keyColumns+" FROM customer_accesskeys WHERE "+where, args...)
+	if err != nil {
+		return nil, fmt.Errorf("select access keys: %w", err)
+	}
+	defer rows.Close()
+	out := []identity.AccessKey{}
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("scan access key: %w", err)
+		}
+		out = append(out, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("select access keys: %w", err)
+	}
+	return out, nil
+}
+
+// CreateAccessKey inserts a key (its hash only). A key with a parent is inserted in a
+// transaction that first locks the live parent row, so it cannot race the parent's deletion
+// (which locks the same row): either the deletion sees the new key and deletes it too, or the
+// insertion sees the parent gone and fails with ErrAccessKeyNotFound.
 func (s *Store) CreateAccessKey(ctx context.Context, k identity.AccessKey) error {
 	id, err := uid(k.ID)
 	if err != nil {
@@ -270,10 +385,31 @@ func (s *Store) CreateAccessKey(ctx context.Context, k identity.AccessKey) error
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, "INSERT INTO customer_accesskeys ("+keyColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-		id, cid, user, k.Name, k.TokenHash[:], uint32(k.Permission), k.TMExpire, k.TMCreate)
+	parent, err := nullUID(k.ParentKeyID)
 	if err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if parent != nil {
+		var one int
+		err := tx.QueryRowContext(ctx, "SELECT 1 FROM customer_accesskeys WHERE id = ? AND tm_delete IS NULL FOR UPDATE", parent).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return identity.ErrAccessKeyNotFound
+		}
+		if err != nil {
+			return fmt.Errorf("lock parent access key: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, "INSERT INTO customer_accesskeys ("+keyColumns+") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+		id, cid, user, parent, k.Name, k.TokenHash[:], uint32(k.Permission), k.TMExpire, k.TMCreate); err != nil {
 		return fmt.Errorf("insert access key: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit access key: %w", err)
 	}
 	return nil
 }
@@ -305,52 +441,76 @@ func (s *Store) AccessKey(ctx context.Context, id string) (identity.AccessKey, e
 
 // AccessKeys lists a customer's live keys ("" is the superadmins' own keys), or every key.
 func (s *Store) AccessKeys(ctx context.Context, customerID string, all bool) ([]identity.AccessKey, error) {
-	q := "SELECT " + keyColumns + " FROM customer_accesskeys WHERE tm_delete IS NULL"
+	where := "tm_delete IS NULL"
 	var args []any
 	switch {
 	case all:
 	case customerID == "":
-		q += " AND customer_id IS NULL"
+		where += " AND customer_id IS NULL"
 	default:
 		b, err := uid(customerID)
 		if err != nil {
 			return []identity.AccessKey{}, nil
 		}
-		q += " AND customer_id = ?"
+		where += " AND customer_id = ?"
 		args = append(args, b)
 	}
-	rows, err := s.db.QueryContext(ctx, q+" ORDER BY tm_create DESC, id DESC LIMIT 1000", args...)
+	keys, err := selectKeys(ctx, s.db, where+" ORDER BY tm_create DESC, id DESC LIMIT 1000", args...)
 	if err != nil {
 		return nil, fmt.Errorf("list access keys: %w", err)
 	}
-	defer rows.Close()
-	out := []identity.AccessKey{}
-	for rows.Next() {
-		k, err := scanKey(rows)
-		if err != nil {
-			return nil, fmt.Errorf("scan access key: %w", err)
-		}
-		out = append(out, k)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list access keys: %w", err)
-	}
-	return out, nil
+	return keys, nil
 }
 
-// DeleteAccessKey soft-deletes a key.
-func (s *Store) DeleteAccessKey(ctx context.Context, id string) error {
+// maxKeyDepth bounds the descent through keys created by keys (a chain longer than this cannot
+// be made in practice: each level takes a request with the level above).
+const maxKeyDepth = 100
+
+// DeleteAccessKey soft-deletes a live key and its live descendants in one transaction, locking
+// each level before reading the next (see CreateAccessKey), and returns them, the key first.
+func (s *Store) DeleteAccessKey(ctx context.Context, id string, now time.Time) ([]identity.AccessKey, error) {
 	b, err := uid(id)
 	if err != nil {
-		return identity.ErrAccessKeyNotFound
+		return nil, identity.ErrAccessKeyNotFound
 	}
-	res, err := s.db.ExecContext(ctx, "UPDATE customer_accesskeys SET tm_delete = ? WHERE id = ? AND tm_delete IS NULL",
-		time.Now().UTC(), b)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("delete access key: %w", err)
+		return nil, fmt.Errorf("begin: %w", err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return identity.ErrAccessKeyNotFound
+	defer func() { _ = tx.Rollback() }()
+	gone, err := selectKeys(ctx, tx, "id = ? AND tm_delete IS NULL FOR UPDATE", b)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	if len(gone) == 0 {
+		return nil, identity.ErrAccessKeyNotFound
+	}
+	level := [][]byte{b}
+	for depth := 0; len(level) > 0 && depth < maxKeyDepth; depth++ {
+		ph := strings.TrimSuffix(strings.Repeat("?, ", len(level)), ", ")
+		args := make([]any, len(level))
+		for i, x := range level {
+			args[i] = x
+		}
+		children, err := selectKeys(ctx, tx, "parent_key_id IN ("+ph+") AND tm_delete IS NULL FOR UPDATE", args...)
+		if err != nil {
+			return nil, err
+		}
+		level = level[:0:0]
+		for _, c := range children {
+			cb, _ := uid(c.ID)
+			level = append(level, cb)
+		}
+		gone = append(gone, children...)
+	}
+	for _, k := range gone {
+		kb, _ := uid(k.ID)
+		if _, err := tx.ExecContext(ctx, "UPDATE customer_accesskeys SET tm_delete = ? WHERE id = ?", now, kb); err != nil {
+			return nil, fmt.Errorf("delete access key: %w", err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("commit access key deletion: %w", err)
+	}
+	return gone, nil
 }

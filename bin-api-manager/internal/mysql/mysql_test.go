@@ -243,10 +243,10 @@ func TestAccessKeys(t *testing.T) {
 			t.Errorf("%s: %d keys, %v; want %d", l.name, len(got), err, l.want)
 		}
 	}
-	if err := s.DeleteAccessKey(ctx, k.ID); err != nil {
-		t.Fatal(err)
+	if gone, err := s.DeleteAccessKey(ctx, k.ID, now()); err != nil || len(gone) != 1 || gone[0] != k {
+		t.Fatalf("delete: %+v, %v", gone, err)
 	}
-	if err := s.DeleteAccessKey(ctx, k.ID); err != identity.ErrAccessKeyNotFound {
+	if _, err := s.DeleteAccessKey(ctx, k.ID, now()); err != identity.ErrAccessKeyNotFound {
 		t.Fatalf("second delete: %v", err)
 	}
 	if _, err := s.AccessKeyByHash(ctx, k.TokenHash); err != identity.ErrAccessKeyNotFound {
@@ -254,5 +254,136 @@ func TestAccessKeys(t *testing.T) {
 	}
 	if _, err := s.AccessKey(ctx, k.ID); err != identity.ErrAccessKeyNotFound {
 		t.Fatalf("deleted key by id: %v", err)
+	}
+}
+
+func newKey(c identity.Customer, u identity.User, parent string) identity.AccessKey {
+	id := uuid.NewString()
+	return identity.AccessKey{ID: id, CustomerID: c.ID, UserID: u.ID, ParentKeyID: parent, Name: "k",
+		TokenHash: identity.HashAccessKey("vb_" + id), Permission: identity.PermCustomerAdmin,
+		TMExpire: now().Add(time.Hour), TMCreate: now()}
+}
+
+// TestDeletingAKeyDeletesItsDescendants: a key created by a key dies with it, down the chain, and
+// a key cannot be created under a deleted parent.
+func TestDeletingAKeyDeletesItsDescendants(t *testing.T) {
+	ctx := context.Background()
+	s := mysql.NewStore(newDB(t), nil)
+	c, u := newCustomer("acme")
+	if err := s.CreateCustomer(ctx, c, u); err != nil {
+		t.Fatal(err)
+	}
+	root := newKey(c, u, "")
+	child := newKey(c, u, root.ID)
+	grandchild := newKey(c, u, child.ID)
+	sibling := newKey(c, u, "")
+	for _, k := range []identity.AccessKey{root, child, grandchild, sibling} {
+		if err := s.CreateAccessKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.AccessKey(ctx, child.ID); err != nil || got.ParentKeyID != root.ID {
+		t.Fatalf("child = %+v, %v", got, err)
+	}
+	gone, err := s.DeleteAccessKey(ctx, root.ID, now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gone) != 3 || gone[0].ID != root.ID {
+		t.Fatalf("deleted %+v, want the root, its child and grandchild", gone)
+	}
+	for _, k := range []identity.AccessKey{root, child, grandchild} {
+		if _, err := s.AccessKeyByHash(ctx, k.TokenHash); err != identity.ErrAccessKeyNotFound {
+			t.Fatalf("key %s after its ancestor's deletion: %v", k.ID, err)
+		}
+	}
+	if _, err := s.AccessKey(ctx, sibling.ID); err != nil {
+		t.Fatalf("an unrelated key went too: %v", err)
+	}
+	if err := s.CreateAccessKey(ctx, newKey(c, u, root.ID)); err != identity.ErrAccessKeyNotFound {
+		t.Fatalf("a key under a deleted parent: %v, want ErrAccessKeyNotFound", err)
+	}
+}
+
+// TestKeyCreationRacingItsParentsDeletion creates children while the parent is deleted: whatever
+// the interleaving, no live child is left.
+func TestKeyCreationRacingItsParentsDeletion(t *testing.T) {
+	ctx := context.Background()
+	db := newDB(t)
+	s := mysql.NewStore(db, nil)
+	c, u := newCustomer("acme")
+	if err := s.CreateCustomer(ctx, c, u); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 5 {
+		parent := newKey(c, u, "")
+		if err := s.CreateAccessKey(ctx, parent); err != nil {
+			t.Fatal(err)
+		}
+		errs := make(chan error, 9)
+		for range 8 {
+			go func() {
+				err := s.CreateAccessKey(ctx, newKey(c, u, parent.ID))
+				if err == identity.ErrAccessKeyNotFound {
+					err = nil
+				}
+				errs <- err
+			}()
+		}
+		go func() { _, err := s.DeleteAccessKey(ctx, parent.ID, now()); errs <- err }()
+		for range 9 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		var live int
+		pb, _ := uuid.MustParse(parent.ID).MarshalBinary()
+		if err := db.QueryRow("SELECT COUNT(*) FROM customer_accesskeys WHERE parent_key_id = ? AND tm_delete IS NULL", pb).Scan(&live); err != nil {
+			t.Fatal(err)
+		}
+		if live != 0 {
+			t.Fatalf("round %d: %d children outlived their deleted parent", round, live)
+		}
+	}
+}
+
+func TestDeleteAndDowngradeUsers(t *testing.T) {
+	ctx := context.Background()
+	s := mysql.NewStore(newDB(t), nil)
+	c, u := newCustomer("acme")
+	if err := s.CreateCustomer(ctx, c, u); err != nil {
+		t.Fatal(err)
+	}
+	k := newKey(c, u, "")
+	if err := s.CreateAccessKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if users, err := s.Users(ctx, c.ID, false); err != nil || len(users) != 1 || users[0].ID != u.ID {
+		t.Fatalf("users = %+v, %v", users, err)
+	}
+	if err := s.SetUserPermission(ctx, u.ID, identity.PermCustomerManager, now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetUserPermission(ctx, u.ID, identity.PermCustomerManager, now()); err != nil {
+		t.Fatalf("setting the same permission again: %v", err)
+	}
+	if got, err := s.UserByID(ctx, u.ID); err != nil || got.Permission != identity.PermCustomerManager {
+		t.Fatalf("after the downgrade: %+v, %v", got, err)
+	}
+	gone, err := s.DeleteUser(ctx, u.ID, now())
+	if err != nil || len(gone) != 1 || gone[0].ID != k.ID {
+		t.Fatalf("DeleteUser: %+v, %v", gone, err)
+	}
+	if _, err := s.UserByID(ctx, u.ID); err != identity.ErrUserNotFound {
+		t.Fatalf("deleted user: %v", err)
+	}
+	if _, err := s.AccessKeyByHash(ctx, k.TokenHash); err != identity.ErrAccessKeyNotFound {
+		t.Fatalf("the deleted user's key: %v", err)
+	}
+	if _, err := s.DeleteUser(ctx, u.ID, now()); err != identity.ErrUserNotFound {
+		t.Fatalf("second delete: %v", err)
+	}
+	if err := s.SetUserPermission(ctx, u.ID, identity.PermCustomerAdmin, now()); err != identity.ErrUserNotFound {
+		t.Fatalf("downgrading a deleted user: %v", err)
 	}
 }

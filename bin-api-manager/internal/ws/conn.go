@@ -59,17 +59,20 @@ type conn struct {
 	closeCode   int
 	closeReason string
 	cause       string
+	verified    time.Time // the last time Identity.Check said the credential stands
 }
 
 func newConn(ctx context.Context, h *Handler, ws *websocket.Conn, ident Identity) *conn {
 	return &conn{h: h, ws: ws, ident: ident, ctx: ctx,
 		send: make(chan outFrame, h.opts.SendBuffer), closing: make(chan struct{}),
-		readerDone: make(chan struct{}), writerDone: make(chan struct{}), opened: time.Now(),
+		readerDone: make(chan struct{}), writerDone: make(chan struct{}), opened: time.Now(), verified: time.Now(),
 		scopes: map[string]int{}, topics: map[string]Topic{}}
 }
 
 // serve runs the connection until it ends, then releases everything it held.
 func (c *conn) serve() {
+	stopExpiry := c.watchExpiry()
+	defer stopExpiry()
 	go c.writeLoop()
 	c.readLoop()
 	close(c.readerDone)

@@ -29,6 +29,7 @@ import (
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/apierr"
 	"voipbin/pkg/event"
+	"voipbin/pkg/outage"
 	"voipbin/pkg/telemetry"
 )
 
@@ -38,6 +39,14 @@ type Identity struct {
 	CustomerID string
 	// Superadmin may subscribe to the topics of any customer.
 	Superadmin bool
+	// Expires, when set, is when the credential expires: the socket is closed then with
+	// CloseCredentialsExpired.
+	Expires time.Time
+	// Check, when set, tells whether the credential still stands; it is called every
+	// RevalidateInterval and on Handler.Revalidate. An UNAUTHENTICATED or PERMISSION_DENIED
+	// answer closes the socket with CloseCredentialsRevoked; UNAVAILABLE or INTERNAL (the answer
+	// is unknown) closes it with 1013 once no check succeeded for RevalidateGrace.
+	Check func(ctx context.Context) error
 }
 
 // Authenticator authenticates the upgrade request with the REST API's credentials (Bearer
@@ -74,6 +83,12 @@ type Options struct {
 	MaxTopics     int           // topics per connection (and per frame); default 100
 	MaxFrameBytes int64         // largest client frame; default 64 KiB
 	BindTimeout   time.Duration // broker round trip of a (un)binding; default 10 s
+	// RevalidateInterval is how often every socket's credential is checked again (Identity.Check)
+	// besides the checks Handler.Revalidate asks for; default 2 s.
+	RevalidateInterval time.Duration
+	// RevalidateGrace is how long a socket stays open while its credential cannot be checked;
+	// default 10 s.
+	RevalidateGrace time.Duration
 	// SocketWriteBuffer, when > 0, sets the kernel send buffer (SO_SNDBUF) of each plain-TCP
 	// connection, bounding what a stalled client can hold in the kernel besides SendBuffer.
 	SocketWriteBuffer int
@@ -94,6 +109,8 @@ func (o Options) withDefaults() Options {
 	def(&o.ReadTimeout, 60*time.Second)
 	def(&o.WriteTimeout, 10*time.Second)
 	def(&o.BindTimeout, 10*time.Second)
+	def(&o.RevalidateInterval, 2*time.Second)
+	def(&o.RevalidateGrace, 10*time.Second)
 	if o.SendBuffer <= 0 {
 		o.SendBuffer = 256
 	}
@@ -131,7 +148,8 @@ type Handler struct {
 	upgrader websocket.Upgrader
 	probeKey string
 
-	ready atomic.Bool // the event queue exists and is bound
+	ready      atomic.Bool   // the event queue exists and is bound
+	revalidate chan struct{} // Revalidate's requests (capacity 1)
 
 	mu      sync.Mutex
 	stopped bool
@@ -147,7 +165,7 @@ func NewHandler(d Deps) *Handler {
 	}
 	h := &Handler{opts: d.Options.withDefaults(), log: log, auth: d.Auth, conn: d.Conn,
 		metrics: newMetrics(d.Registerer), hub: newHub(), conns: map[*conn]struct{}{},
-		probeKey: "api-manager.ws.probe." + telemetry.NewRequestID()}
+		probeKey: "api-manager.ws.probe." + telemetry.NewRequestID(), revalidate: make(chan struct{}, 1)}
 	// The probe binding lets Run learn, by a mandatory publish, that the queue exists and is bound.
 	// It lives on an exchange of its own: other services bind "#" on call.events, so a probe there
 	// would be routed before this queue exists.
@@ -178,9 +196,15 @@ func (h *Handler) Run(ctx context.Context) error {
 		defer close(probed)
 		h.probe(probeCtx)
 	}()
+	revalidated := make(chan struct{})
+	go func() {
+		defer close(revalidated)
+		h.revalidateLoop(probeCtx)
+	}()
 	err := h.sub.Run(ctx)
 	stopProbe()
 	<-probed
+	<-revalidated
 	h.shutdown()
 	if err != nil {
 		return fmt.Errorf("websocket event consumer: %w", err)
@@ -268,10 +292,11 @@ func (h *Handler) release(ctx context.Context, scope string) {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ident, err := h.auth.Authenticate(r)
 	if err != nil {
-		if e := apierr.From(err); e.Status == apierr.Internal || e.Status == apierr.Unavailable {
+		e := apierr.From(outage.Classify(err)) // a credential store that is down is 503, not 500
+		if e.Status == apierr.Internal || e.Status == apierr.Unavailable {
 			h.log.ErrorContext(r.Context(), "websocket authentication failed", "error", err)
 		}
-		writeError(w, r, apierr.From(err))
+		writeError(w, r, e)
 		return
 	}
 	ctx := telemetry.WithCustomerID(context.WithoutCancel(r.Context()), ident.CustomerID)

@@ -98,7 +98,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	relay := rabbit.NewRelay(store.Outbox(), conn, log, reg)
 	ua, err := sip.NewUA(sip.Params{ListenAddress: cfg.SIP.ListenAddress, ExternalAddress: cfg.SIP.ExternalAddress,
 		Username: cfg.SIP.TrunkUsername, Password: cfg.SIP.TrunkPassword,
-		RTPPortMin: cfg.SIP.RTPPortMin, RTPPortMax: cfg.SIP.RTPPortMax, Log: log, Registerer: reg})
+		RTPPortMin: cfg.SIP.RTPPortMin, RTPPortMax: cfg.SIP.RTPPortMax,
+		Policy:         &sip.AddressPolicy{Allowed: cfg.SIP.AllowedNetworks, TrunkURI: cfg.SIP.TelTrunkURI},
+		TCPIdleTimeout: cfg.SIP.TCPIdleTimeout, TCPMaxConnections: cfg.SIP.TCPMaxConnections,
+		Log: log, Registerer: reg})
 	if err != nil {
 		return err
 	}
@@ -106,7 +109,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	defer rpcClient.Close()
 	svc := dialog.NewService(dialog.Params{NodeID: cfg.NodeID, TrunkURI: cfg.SIP.TelTrunkURI,
 		DialTimeout: cfg.SIP.DialTimeout, MaxDuration: cfg.SIP.MaxDuration,
-		Store: store, Phone: ua, Forward: rtcapi.NewClient(rpcClient), Relay: relay, Log: log})
+		Store: store, Index: store, Phone: ua, Forward: rtcapi.NewClient(rpcClient), Relay: relay, Log: log})
+	ua.OnOrphanBye(svc.RemoteBye)
 
 	routes := rpcserver.New(svc)
 	shared := rpc.NewServer(conn, rtcapi.Queue, log, rpc.ServerOptions{Registerer: reg})

@@ -58,6 +58,7 @@ func nodeEnv(t *testing.T, rabbitURL, nodeID, trunk string, extra map[string]str
 	env := map[string]string{
 		"RABBITMQ_ADDRESS": rabbitURL, "REDIS_ADDRESS": testenv.RedisAddress(), "ADMIN_ADDRESS": "127.0.0.1:0",
 		"NODE_ID": nodeID, "SIP_LISTEN_ADDRESS": sipAddr, "RTC_TEL_TRUNK_URI": "sip:{number}@" + trunk, "LOG_LEVEL": "debug",
+		"RTC_SIP_ALLOWED_NETWORKS": "127.0.0.0/8", // sipp peers on loopback, as in the local stack
 	}
 	for k, v := range extra {
 		env[k] = v
@@ -393,6 +394,13 @@ func TestBadRequests(t *testing.T) {
 		{"bad type", rtcapi.DialRequest{CallID: "c1", CustomerID: "x", Destination: callapi.Address{Type: "fax", Target: "1"}}, apierr.ReasonInvalidArgument},
 		{"no call id", rtcapi.DialRequest{CustomerID: "x", Destination: tel("+15550001111")}, apierr.ReasonInvalidArgument},
 		{"bad source", rtcapi.DialRequest{CallID: "c1", CustomerID: "x", Source: tel("nope"), Destination: tel("+15550001111")}, apierr.ReasonInvalidArgument},
+		{"source name with CR LF", rtcapi.DialRequest{CallID: "c1", CustomerID: "x",
+			Source: callapi.Address{Type: "tel", Target: "+15550001111", Name: "x\r\nRoute: <sip:evil>"}, Destination: tel("+15550001111")}, apierr.ReasonInvalidArgument},
+		// Loopback is allowed (RTC_SIP_ALLOWED_NETWORKS), the trunk is not: it is reached as tel only.
+		{"the trunk as a sip destination", rtcapi.DialRequest{CallID: "c1", CustomerID: "x",
+			Destination: callapi.Address{Type: "sip", Target: "+1200000003@" + w.sim.Addr()}}, apierr.ReasonInvalidArgument},
+		{"a private sip destination", rtcapi.DialRequest{CallID: "c1", CustomerID: "x",
+			Destination: callapi.Address{Type: "sip", Target: "bob@10.0.0.1"}}, apierr.ReasonInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -446,6 +454,37 @@ func TestMaxDuration(t *testing.T) {
 	w.node(t, map[string]string{"RTC_MAX_DURATION": "1s"})
 	callID, _ := w.dial(t, tel("+1200000000"), 0)
 	w.check(t, callID, ringAnswerEnd, rtcapi.Event{SIPCode: 200, Cause: 16, By: "local", Reason: "timeout"}, time.Second)
+}
+
+// The quota through the real RPC: a dial carries a 1 s quota, the owning node's queue raises it to
+// 3 s (a lower one after that changes nothing), and the node ends the call itself 3 s after the
+// answer with balance_exhausted; a quota for an ended dialog is DIALOG_NOT_FOUND.
+func TestQuotaThroughRPC(t *testing.T) {
+	w := newWorld(t)
+	n := w.node(t, nil)
+	callID := testenv.Name("call")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := w.rtc.Dial(ctx, rtcapi.DialRequest{CallID: callID, CustomerID: w.customer,
+		Source: callapi.Address{Type: "tel", Target: "+15550001111"}, Destination: tel("+1200000000"), Quota: 1}); err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the answer", func() bool {
+		d, err := w.rtc.GetDialog(ctx, n.id, callID)
+		return err == nil && d.State == "answered"
+	})
+	for _, q := range []int{3, 2} {
+		if err := w.rtc.Extend(ctx, n.id, callID, q); err != nil {
+			t.Fatalf("Extend(%d): %v", q, err)
+		}
+	}
+	if d, err := w.rtc.GetDialog(ctx, n.id, callID); err != nil || d.Quota != 3 {
+		t.Fatalf("GetDialog = %+v, %v; want quota 3", d, err)
+	}
+	w.check(t, callID, ringAnswerEnd, rtcapi.Event{SIPCode: 200, Cause: 16, By: "local", Reason: "balance_exhausted"}, 3*time.Second)
+	if err := w.rtc.Extend(ctx, n.id, callID, 10); !apierr.HasReason(err, rtcapi.ErrReasonDialogNotFound) {
+		t.Fatalf("Extend after the end = %v, want DIALOG_NOT_FOUND", err)
+	}
 }
 
 // A node killed mid-call leaves its dialog in Redis; another node ends it on a hang-up sent to

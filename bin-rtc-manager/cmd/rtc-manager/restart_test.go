@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"voipbin/bin-rtc-manager/internal/siptest"
 	"voipbin/pkg/callapi"
 	"voipbin/pkg/rtcapi"
 	"voipbin/pkg/testenv"
@@ -88,4 +90,66 @@ func TestRestartedNodeRecordsTheCarriersHangup(t *testing.T) {
 		t.Errorf("ended at %s, want the dead run's last heartbeat: between %s and the kill %s", end.At, beat, killedAt)
 	}
 	t.Logf("answered %s, killed %s, ended at %s (%.2f s after the answer)", answered.At, killedAt, end.At, end.At.Sub(answered.At).Seconds())
+}
+
+// The carrier's BYE for a dialog whose node died reaches the node now at that address (here a
+// new node on the dead one's SIP port): it finds the dialog by its SIP Call-ID, answers 200 and
+// records the end by remote at the BYE's arrival. (It used to answer 481, and the dialog stayed
+// live until the call manager's reaper gave up on it.)
+func TestBYEForADeadNodesDialogIsRecorded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	w := newWorld(t)
+	bin := filepath.Join(t.TempDir(), "rtc-manager")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	sipAddr := "127.0.0.1:" + strconv.Itoa(siptest.FreePort(t))
+	deadID := testenv.Name("dead")
+	env, _ := nodeEnv(t, w.url, deadID, w.sim.Addr(), map[string]string{"SIP_LISTEN_ADDRESS": sipAddr})
+	cmd := exec.Command(bin)
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+		if t.Failed() {
+			t.Logf("dead node's logs:\n%s", logs.String())
+		}
+	})
+	waitServing(t, w.rtc, deadID)
+	callID, resp := w.dial(t, tel("+1200000003"), 0) // answers after 1 s ringing, hangs up 3 s later
+	if resp.NodeID != deadID {
+		t.Fatalf("dialled by %s, want %s", resp.NodeID, deadID)
+	}
+	testenv.Eventually(t, 10*time.Second, "answer", func() bool { return len(w.events.byCall(callID)) == 2 })
+	var answered rtcapi.Event
+	_ = json.Unmarshal(w.events.byCall(callID)[1].Data, &answered)
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	killed = true
+
+	next := w.node(t, map[string]string{"SIP_LISTEN_ADDRESS": sipAddr}) // another identity, same address
+	end := w.waitEnded(t, callID, 40*time.Second)
+	if end.By != callapi.HangupByRemote || end.SIPCode != 200 || end.Cause != 16 {
+		t.Errorf("rtc.ended = %+v, want by remote, 200, cause 16", end)
+	}
+	// At the carrier's BYE (3 s after its answer) or one of its retransmissions, never before.
+	if talk := end.At.Sub(answered.At); talk < 2900*time.Millisecond || talk > 35*time.Second {
+		t.Errorf("ended %s after the answer, want the carrier's BYE at 3 s or a retransmission of it", talk)
+	}
+	testenv.Eventually(t, 10*time.Second, "the carrier to see its BYE answered", func() bool { return w.sim.Active() == 0 })
+	t.Logf("ended %.2f s after the answer, recorded by %s", end.At.Sub(answered.At).Seconds(), next.id)
 }

@@ -13,7 +13,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,6 +64,7 @@ func NewStore(rdb *redis.Client, prefix, nodeID string) *Store {
 func (s *Store) dialogKey(callID string) string { return s.prefix + ":dialog:" + callID }
 func (s *Store) liveKey(nodeID string) string   { return s.prefix + ":node:" + nodeID + ":live" }
 func (s *Store) aliveKey(nodeID string) string  { return s.prefix + ":node:" + nodeID + ":alive" }
+func (s *Store) sipKey(sipCallID string) string { return s.prefix + ":sip:" + sipCallID }
 
 // errLost: Redis no longer has (this version of) a live dialog this node holds in memory.
 var errLost = errors.New("redis lost a live dialog")
@@ -109,16 +109,25 @@ func (s *Store) addPending(msgs []any) {
 
 // dropPending forgets events: published (removed from the outbox), parked, or never stored.
 func (s *Store) dropPending(raws [][]byte) {
+	if len(raws) == 0 {
+		return
+	}
+	drop := make(map[string]int, len(raws))
+	for _, r := range raws {
+		drop[string(r)]++
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, r := range raws {
-		for i, p := range s.pending {
-			if bytes.Equal(p, r) {
-				s.pending = append(s.pending[:i], s.pending[i+1:]...)
-				break
-			}
+	kept := s.pending[:0]
+	for _, p := range s.pending {
+		if drop[string(p)] > 0 {
+			drop[string(p)]--
+			continue
 		}
+		kept = append(kept, p)
 	}
+	clear(s.pending[len(kept):])
+	s.pending = kept
 }
 
 // Pending is the number of events stored and not yet seen published.
@@ -158,6 +167,9 @@ func (s *Store) Create(ctx context.Context, d *dialog.Dialog) error {
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.Set(ctx, key, b, ttl(d))
 			p.SAdd(ctx, s.liveKey(d.NodeID), d.CallID)
+			if d.SIPCallID != "" {
+				p.Set(ctx, s.sipKey(d.SIPCallID), d.CallID, ttl(d))
+			}
 			return nil
 		})
 		return err
@@ -192,6 +204,18 @@ func (s *Store) Get(ctx context.Context, callID string) (*dialog.Dialog, error) 
 		return nil, fmt.Errorf("decode dialog %s: %w", callID, err)
 	}
 	return &d, nil
+}
+
+// CallIDBySIP finds the call of a SIP Call-ID, or returns dialog.ErrNotFound.
+func (s *Store) CallIDBySIP(ctx context.Context, sipCallID string) (string, error) {
+	id, err := s.rdb.Get(ctx, s.sipKey(sipCallID)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", dialog.ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("find the call of SIP Call-ID %s: %w", sipCallID, err)
+	}
+	return id, nil
 }
 
 // Update applies fn and stores the dialog with fn's events in the outbox, atomically; a concurrent
@@ -356,6 +380,9 @@ func (s *Store) Restore(ctx context.Context) error {
 		if _, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.Set(ctx, key, nb, ttl(d))
 			p.SAdd(ctx, s.liveKey(d.NodeID), d.CallID)
+			if d.SIPCallID != "" {
+				p.Set(ctx, s.sipKey(d.SIPCallID), d.CallID, ttl(d))
+			}
 			return nil
 		}); err != nil {
 			return fmt.Errorf("restore dialog %s: %w", d.CallID, err)

@@ -3,6 +3,7 @@ package config
 
 import (
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -41,6 +42,14 @@ type SIP struct {
 	// RTPPortMin and RTPPortMax bound the local RTP ports offered in SDP.
 	RTPPortMin int
 	RTPPortMax int
+	// AllowedNetworks opens, for sip destinations, ranges refused by default (loopback, private,
+	// link-local, …; RTC_SIP_ALLOWED_NETWORKS). The trunk and the node's own listeners stay
+	// refused whatever it says.
+	AllowedNetworks []netip.Prefix
+	// TCPIdleTimeout closes an inbound SIP TCP connection that sent nothing for so long;
+	// TCPMaxConnections caps the inbound SIP TCP connections open at once (0: no cap).
+	TCPIdleTimeout    time.Duration
+	TCPMaxConnections int
 }
 
 // Load reads and validates the configuration, reporting every problem in one error.
@@ -68,15 +77,18 @@ func load(r *envconf.Reader) Config {
 		LogLevel:        r.String("LOG_LEVEL", "info", false),
 		NodeID:          r.String("NODE_ID", host, true),
 		SIP: SIP{
-			ListenAddress:   r.HostPort("SIP_LISTEN_ADDRESS", "127.0.0.1:5060", false),
-			ExternalAddress: r.HostPort("SIP_EXTERNAL_ADDRESS", "", false),
-			TelTrunkURI:     r.String("RTC_TEL_TRUNK_URI", "sip:{number}@127.0.0.1:5080", false),
-			TrunkUsername:   r.String("RTC_TRUNK_USERNAME", "", false),
-			TrunkPassword:   r.String("RTC_TRUNK_PASSWORD", "", false),
-			DialTimeout:     r.Duration("RTC_DIAL_TIMEOUT", 60*time.Second),
-			MaxDuration:     r.Duration("RTC_MAX_DURATION", time.Hour),
-			RTPPortMin:      r.Int("RTC_RTP_PORT_MIN", 20000, 1024, 65535),
-			RTPPortMax:      r.Int("RTC_RTP_PORT_MAX", 30000, 1024, 65535),
+			ListenAddress:     r.HostPort("SIP_LISTEN_ADDRESS", "127.0.0.1:5060", false),
+			ExternalAddress:   r.HostPort("SIP_EXTERNAL_ADDRESS", "", false),
+			TelTrunkURI:       r.String("RTC_TEL_TRUNK_URI", "sip:{number}@127.0.0.1:5080", false),
+			TrunkUsername:     r.String("RTC_TRUNK_USERNAME", "", false),
+			TrunkPassword:     r.String("RTC_TRUNK_PASSWORD", "", false),
+			DialTimeout:       r.Duration("RTC_DIAL_TIMEOUT", 60*time.Second),
+			MaxDuration:       r.Duration("RTC_MAX_DURATION", time.Hour),
+			RTPPortMin:        r.Int("RTC_RTP_PORT_MIN", 20000, 1024, 65535),
+			RTPPortMax:        r.Int("RTC_RTP_PORT_MAX", 30000, 1024, 65535),
+			AllowedNetworks:   r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
+			TCPIdleTimeout:    r.Duration("SIP_TCP_IDLE_TIMEOUT", 2*time.Minute),
+			TCPMaxConnections: r.Int("SIP_TCP_MAX_CONNECTIONS", 1024, 0, 1_000_000),
 		},
 	}
 	if c.NodeID != "" && !validNodeID(c.NodeID) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"voipbin/pkg/apierr"
@@ -26,6 +27,12 @@ type Store interface {
 	Live(ctx context.Context, nodeID string) ([]string, error)
 	// Alive is when a node was last known alive (its last heartbeat); zero if unknown.
 	Alive(ctx context.Context, nodeID string) (time.Time, error)
+}
+
+// SIPIndex finds a dialog by its SIP Call-ID.
+type SIPIndex interface {
+	// CallIDBySIP returns the call id of a SIP Call-ID; ErrNotFound if there is none.
+	CallIDBySIP(ctx context.Context, sipCallID string) (string, error)
 }
 
 // ErrExists is returned by Store.Create for a call id that already has a dialog.
@@ -73,11 +80,23 @@ type Service struct {
 	dialTimeout time.Duration
 	maxDuration time.Duration
 	store       Store
+	index       SIPIndex
 	phone       Phone
 	forward     Forwarder
 	relay       Kicker
 	log         *slog.Logger
 	now         func() time.Time
+
+	// Changes of one dialog are stored in order by one goroutine at a time (queues), so the SIP
+	// side never waits for the store, except for the end, which it waits to see stored.
+	qmu    sync.Mutex
+	queues map[string][]change
+}
+
+type change struct {
+	ctx  context.Context
+	fn   func(d *Dialog) ([]Emitted, error)
+	done chan struct{} // closed once stored (or given up at shutdown)
 }
 
 // Params are the Service's dependencies and settings.
@@ -87,6 +106,7 @@ type Params struct {
 	DialTimeout time.Duration
 	MaxDuration time.Duration
 	Store       Store
+	Index       SIPIndex // optional: without it a BYE for a dialog no process runs is refused
 	Phone       Phone
 	Forward     Forwarder
 	Relay       Kicker
@@ -96,7 +116,8 @@ type Params struct {
 // NewService makes the service.
 func NewService(p Params) *Service {
 	return &Service{nodeID: p.NodeID, trunkURI: p.TrunkURI, dialTimeout: p.DialTimeout, maxDuration: p.MaxDuration,
-		store: p.Store, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now}
+		store: p.Store, index: p.Index, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now,
+		queues: map[string][]change{}}
 }
 
 // Dial starts an outbound call and returns once the INVITE is sent.
@@ -142,25 +163,32 @@ func (s *Service) Start(ctx context.Context, d *Dialog) error {
 	return nil
 }
 
-// Every change is stamped with the time it happened, taken before the store is tried: a change
-// recorded late, after the store came back, still says when it happened.
+// Every change is stamped with the time it happened, taken when the SIP side reports it, before
+// the store is tried: a change stored late, after the store came back, still says when it
+// happened. Changes are queued per dialog and stored in order in the background, so a slow or
+// absent store never holds up the SIP side (a 2xx is not read late because a 180 waits to be
+// stored); only Ended waits until the end, and everything before it, is stored.
 
 // Ringing records a 180/183 (Progress).
 func (s *Service) Ringing(ctx context.Context, callID string, code int) {
 	at := s.now()
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ring(at, code), nil })
+	s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ring(at, code), nil })
 }
 
 // Answered records the 2xx (Progress).
 func (s *Service) Answered(ctx context.Context, callID string, a Answer) {
 	at := s.factTime(a.At)
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Answered(at, a), nil })
+	s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Answered(at, a), nil })
 }
 
-// Ended records the end of the dialog (Progress).
+// Ended records the end of the dialog (Progress) and returns once it is stored, or ctx ended.
 func (s *Service) Ended(ctx context.Context, callID string, e End) {
 	at := s.factTime(e.At)
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ended(at, e), nil })
+	done := s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { return d.Ended(at, e), nil })
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 func (s *Service) factTime(at time.Time) time.Time {
@@ -172,7 +200,40 @@ func (s *Service) factTime(at time.Time) time.Time {
 
 // CSeq records the CSeq of a request sent in the dialog, so another node continues above it.
 func (s *Service) CSeq(ctx context.Context, callID string, cseq uint32) {
-	s.record(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.CSeq = max(d.CSeq, cseq); return nil, nil })
+	s.enqueue(ctx, callID, func(d *Dialog) ([]Emitted, error) { d.CSeq = max(d.CSeq, cseq); return nil, nil })
+}
+
+// enqueue adds a change to its dialog's queue, starting the queue's writer if it is idle.
+func (s *Service) enqueue(ctx context.Context, callID string, fn func(d *Dialog) ([]Emitted, error)) <-chan struct{} {
+	c := change{ctx: ctx, fn: fn, done: make(chan struct{})}
+	s.qmu.Lock()
+	q, running := s.queues[callID]
+	s.queues[callID] = append(q, c)
+	s.qmu.Unlock()
+	if !running {
+		go s.drain(callID)
+	}
+	return c.done
+}
+
+// drain stores a dialog's queued changes in order until none is left.
+func (s *Service) drain(callID string) {
+	for {
+		s.qmu.Lock()
+		q := s.queues[callID]
+		if len(q) == 0 {
+			delete(s.queues, callID)
+			s.qmu.Unlock()
+			return
+		}
+		c := q[0]
+		s.qmu.Unlock()
+		s.record(c.ctx, callID, c.fn)
+		close(c.done)
+		s.qmu.Lock()
+		s.queues[callID] = s.queues[callID][1:]
+		s.qmu.Unlock()
+	}
 }
 
 // record stores a change, retrying while the store is unreachable: the SIP side has already
@@ -287,6 +348,35 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error 
 	}
 	s.relay.Kick()
 	return nil
+}
+
+// RemoteBye takes a BYE that arrived at time at for an answered dialog that no process runs (its
+// node died, and this is that node restarted or another one at its address): the peer hung up,
+// and that is recorded, by remote at the BYE's arrival. It reports whether it knew the dialog
+// (then the BYE is answered 200, else 481).
+func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at time.Time) bool {
+	if s.index == nil {
+		return false
+	}
+	lctx, cancel := context.WithTimeout(ctx, 2*time.Second) // the peer waits for our answer
+	defer cancel()
+	id, err := s.index.CallIDBySIP(lctx, sipCallID)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.log.WarnContext(ctx, "looking up the dialog of a BYE failed", "sip_call_id", sipCallID, "error", err)
+		}
+		return false
+	}
+	d, err := s.store.Get(lctx, id)
+	if err != nil || d.State != StateAnswered {
+		return false
+	}
+	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
+	s.log.InfoContext(ctx, "BYE for a dialog no process runs: the peer hung up", "owner", d.NodeID)
+	s.enqueue(ctx, id, func(cur *Dialog) ([]Emitted, error) {
+		return cur.Ended(at, End{SIPCode: 200, By: callapi.HangupByRemote}), nil
+	})
+	return true
 }
 
 // Get reads a dialog.

@@ -3,6 +3,7 @@ package dialog
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -85,6 +86,12 @@ func (s *memStore) Live(_ context.Context, node string) ([]string, error) {
 		}
 	}
 	return ids, nil
+}
+
+func (s *memStore) setFail(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fail = n
 }
 
 func (s *memStore) Alive(_ context.Context, node string) (time.Time, error) {
@@ -297,7 +304,7 @@ func TestDial(t *testing.T) {
 // A change the store cannot take yet is retried, not lost.
 func TestRecordRetriesUntilStored(t *testing.T) {
 	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateAnswered})
-	store.fail = 3
+	store.setFail(3)
 	svc := newService(store, &fakePhone{}, nil)
 	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: "remote"})
 	if ended := store.ended(); len(ended) != 1 {
@@ -306,7 +313,8 @@ func TestRecordRetriesUntilStored(t *testing.T) {
 }
 
 // An event carries the time its fact happened, not the time the store finally took it: the
-// store is down for 3 s (of the service's clock) before each change lands.
+// store is down for 6 s of the service's clock while the changes wait. The SIP side is never held
+// up by the store, except by Ended, which returns once everything is stored.
 func TestEventsCarryFactTime(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
 	var mu sync.Mutex
@@ -314,18 +322,18 @@ func TestEventsCarryFactTime(t *testing.T) {
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateCalling})
 	store.down = func() { mu.Lock(); clock = clock.Add(time.Second); mu.Unlock() }
+	store.setFail(6)
 	svc := newService(store, &fakePhone{}, nil)
 	svc.now = now
 
-	store.fail = 3
-	svc.Ringing(context.Background(), "c", 180) // at t0, stored at t0+3s
-	store.fail = 3
-	answeredAt := now().Add(-500 * time.Millisecond) // the 2xx arrived half a second before the call
+	svc.Ringing(context.Background(), "c", 180) // at t0; returns at once although the store is down
+	answeredAt := t0.Add(500 * time.Millisecond)
 	svc.Answered(context.Background(), "c", Answer{At: answeredAt, SIPCode: 200})
-	store.fail = 3
-	byeAt := now()
-	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: callapi.HangupByRemote}) // no At: now, before the store is tried
+	byeAt := t0.Add(3 * time.Second)
+	svc.Ended(context.Background(), "c", End{At: byeAt, SIPCode: 200, By: callapi.HangupByRemote})
 
+	store.mu.Lock()
+	defer store.mu.Unlock()
 	if got := len(store.events); got != 3 {
 		t.Fatalf("%d events, want 3", got)
 	}
@@ -333,6 +341,36 @@ func TestEventsCarryFactTime(t *testing.T) {
 		if got := store.events[i].Data.At; !got.Equal(want) {
 			t.Errorf("%s at %s, want the fact time %s (stored at %s)", store.events[i].Type, got, want, now())
 		}
+	}
+}
+
+// Ringing and Answered do not wait for a store that is down; their changes are stored, in order,
+// once it is back.
+func TestChangesDoNotWaitForTheStore(t *testing.T) {
+	store := newMemStore(Dialog{CallID: "c", NodeID: "me", State: StateCalling})
+	store.setFail(1 << 30)
+	svc := newService(store, &fakePhone{}, nil)
+	returned := make(chan struct{})
+	go func() {
+		svc.Ringing(context.Background(), "c", 180)
+		svc.Answered(context.Background(), "c", Answer{SIPCode: 200})
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Ringing/Answered waited for the store")
+	}
+	store.setFail(0)
+	svc.Ended(context.Background(), "c", End{SIPCode: 200, By: callapi.HangupByRemote})
+	store.mu.Lock()
+	defer store.mu.Unlock()
+	var got []string
+	for _, e := range store.events {
+		got = append(got, e.Type)
+	}
+	if want := []string{rtcapi.EventRinging, rtcapi.EventAnswered, rtcapi.EventEnded}; !slices.Equal(got, want) {
+		t.Errorf("events = %v, want %v", got, want)
 	}
 }
 
@@ -381,5 +419,34 @@ func TestReap(t *testing.T) {
 	}
 	if len(phone.stateless) != 1 || phone.stateless[0] != "orphan" {
 		t.Errorf("ended %v, want only the orphan", phone.stateless)
+	}
+}
+
+type sipIndex map[string]string
+
+func (x sipIndex) CallIDBySIP(_ context.Context, sipCallID string) (string, error) {
+	if id, ok := x[sipCallID]; ok {
+		return id, nil
+	}
+	return "", ErrNotFound
+}
+
+// A BYE for an answered dialog no process runs is the peer hanging up: recorded by remote at the
+// BYE's arrival. Anything else is not ours to take (481).
+func TestRemoteBye(t *testing.T) {
+	at := time.Date(2026, 12, 1, 10, 0, 3, 0, time.UTC)
+	store := newMemStore(Dialog{CallID: "talking", NodeID: "dead", State: StateAnswered},
+		Dialog{CallID: "ringing", NodeID: "dead", State: StateRinging})
+	svc := NewService(Params{NodeID: "me", Store: store, Index: sipIndex{"s1": "talking", "s2": "ringing"},
+		Phone: &fakePhone{}, Relay: &kicks{}, Log: testenv.Logger(t)})
+	if svc.RemoteBye(context.Background(), "unknown", at) || svc.RemoteBye(context.Background(), "s2", at) {
+		t.Error("RemoteBye() took a BYE for an unknown or unanswered dialog")
+	}
+	if !svc.RemoteBye(context.Background(), "s1", at) {
+		t.Fatal("RemoteBye() = false for an answered dialog")
+	}
+	testenv.Eventually(t, 5*time.Second, "the end stored", func() bool { return len(store.ended()) == 1 })
+	if e := store.ended()[0]; e.By != callapi.HangupByRemote || !e.At.Equal(at) || e.SIPCode != 200 {
+		t.Errorf("ended = %+v, want by remote at %s", e, at)
 	}
 }

@@ -24,6 +24,7 @@ type session struct {
 	ua          *UA
 	ctx         context.Context // carries customer and call ids; ends at UA Close
 	callID      string
+	sipCallID   string
 	trunk       bool // the dialog goes to the tel trunk: its credentials may answer challenges
 	sess        *sipgo.DialogClientSession
 	rtp         net.PacketConn

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -39,8 +40,14 @@ type Params struct {
 	Username, Password string
 	// RTPPortMin and RTPPortMax bound the local RTP ports.
 	RTPPortMin, RTPPortMax int
-	Log                    *slog.Logger
-	Registerer             prometheus.Registerer
+	// Policy, when set, decides where sip destinations may be dialled (main always sets it).
+	Policy *AddressPolicy
+	// TCPIdleTimeout closes an inbound TCP connection that sent nothing for so long (0: never);
+	// TCPMaxConnections caps the inbound TCP connections open at once (0: no cap).
+	TCPIdleTimeout    time.Duration
+	TCPMaxConnections int
+	Log               *slog.Logger
+	Registerer        prometheus.Registerer
 }
 
 // UA is the user agent.
@@ -57,6 +64,8 @@ type UA struct {
 	extHost  string
 	extPort  int
 	listenIP net.IP
+	guard    *destinationGuard // nil: no address policy
+	lim      *limits
 
 	// base outlives RPC requests: dialogs run under it until Close.
 	base     context.Context
@@ -69,6 +78,14 @@ type UA struct {
 
 	dials    *prometheus.CounterVec
 	outcomes *prometheus.CounterVec
+
+	orphanBye func(ctx context.Context, sipCallID string, at time.Time) bool
+}
+
+// OnOrphanBye sets who takes a BYE for a dialog this UA does not run (one a dead node, or this
+// node's previous run, set up); fn reports whether it knew the dialog. Set it before Run.
+func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at time.Time) bool) {
+	u.orphanBye = fn
 }
 
 // NewUA binds the listeners (so the address is known before Run) and builds the user agent.
@@ -95,7 +112,16 @@ func NewUA(p Params) (*UA, error) {
 		u.extPort = bound.Port
 	}
 
-	sipLog := p.Log.With("component", "sipgo")
+	if p.Policy != nil {
+		if u.guard, err = newDestinationGuard(*p.Policy, bound, hostPort{host: host, port: uint16(u.extPort)}); err != nil {
+			u.closeListeners()
+			return nil, err
+		}
+	}
+
+	u.lim = newLimits()
+	// sipgo logs through a handler that counts malformed messages and bounds what they cost.
+	sipLog := slog.New(&sipLogHandler{next: p.Log.Handler(), lim: u.lim}).With("component", "sipgo")
 	u.ua, err = sipgo.NewUA(sipgo.WithUserAgent("voipbin-rtc"), sipgo.WithUserAgentHostname(host),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerLogger(sipLog)),
 		sipgo.WithUserAgentTransactionLayerOptions(sip.WithTransactionLayerLogger(sipLog)))
@@ -129,6 +155,7 @@ func NewUA(p Params) (*UA, error) {
 	if p.Registerer != nil {
 		p.Registerer.MustRegister(u.dials, u.outcomes, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "rtc_dialogs_active",
 			Help: "Dialogs this node runs now."}, func() float64 { return float64(u.Active()) }))
+		p.Registerer.MustRegister(u.lim.collectors()...)
 	}
 	return u, nil
 }
@@ -173,7 +200,9 @@ func (u *UA) Addr() string { return net.JoinHostPort(u.extHost, strconv.Itoa(u.e
 func (u *UA) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- u.srv.ServeUDP(u.udp) }()
-	go func() { errc <- u.srv.ServeTCP(u.tcp) }()
+	tcp := &limitedListener{Listener: u.tcp, max: u.p.TCPMaxConnections, idle: u.p.TCPIdleTimeout, lim: u.lim,
+		log: u.log.With("component", "sip-tcp")}
+	go func() { errc <- u.srv.ServeTCP(tcp) }()
 	u.log.InfoContext(ctx, "sip user agent listening", "udp", u.udp.LocalAddr().String(), "tcp", u.tcp.Addr().String(), "contact", u.Addr())
 	select {
 	case <-ctx.Done():
@@ -241,6 +270,14 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 			return apierr.Invalid("destination.target", "transport must be udp or tcp")
 		}
 	}
+	// A sip destination is resolved and checked here, and the INVITE goes to the checked address,
+	// not to the name again. The trunk (tel) is the operator's own choice.
+	var dest netip.AddrPort
+	if !d.Trunk && u.guard != nil {
+		if dest, err = u.guard.check(ctx, ruri.Host, ruri.Port); err != nil {
+			return err
+		}
+	}
 	rtp, err := openRTP(u.listenIP, u.p.RTPPortMin, u.p.RTPPortMax)
 	if err != nil {
 		return apierr.Newf(apierr.Unavailable, rtcapi.ErrReasonDialFailed, "no free RTP port: %v", err)
@@ -248,6 +285,9 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 
 	req := sip.NewRequest(sip.INVITE, ruri)
 	req.SetTransport(transport)
+	if dest.IsValid() {
+		req.SetDestination(dest.String())
+	}
 	via := &sip.ViaHeader{ProtocolName: "SIP", ProtocolVersion: "2.0", Transport: transport, Host: u.extHost, Port: u.extPort, Params: sip.NewParams()}
 	via.Params.Add("branch", sip.GenerateBranchN(16))
 	from := &sip.FromHeader{DisplayName: displayName(src.Name), Address: sip.Uri{Scheme: "sip", User: fromUser, Host: u.extHost}, Params: sip.NewParams()}
@@ -276,7 +316,7 @@ func (u *UA) Call(ctx context.Context, d *dialog.Dialog, src callapi.Address, p 
 	d.SIPCallID, d.Transport = string(callID), transport
 	d.From, d.To, d.InviteVia, d.CSeq = from.Value(), to.Value(), via.Value(), 1
 
-	s := &session{ua: u, callID: d.CallID, trunk: d.Trunk, rtp: rtp, hangup: make(chan struct{}), done: make(chan struct{}),
+	s := &session{ua: u, callID: d.CallID, sipCallID: d.SIPCallID, trunk: d.Trunk, rtp: rtp, hangup: make(chan struct{}), done: make(chan struct{}),
 		quotaSet: make(chan struct{}, 1), dialTimeout: d.DialTimeout, maxDuration: d.MaxDuration, p: p}
 	s.quota.Store(int64(d.Quota))
 	s.ctx = telemetry.WithCallID(telemetry.WithCustomerID(u.base, d.CustomerID), d.CallID)
@@ -431,9 +471,30 @@ func respond(tx sip.ServerTransaction, req *sip.Request, code int, reason string
 }
 
 func (u *UA) onBye(req *sip.Request, tx sip.ServerTransaction) {
-	if err := u.dialogs.ReadBye(req, tx); err != nil {
-		respond(tx, req, 481, "Call/Transaction Does Not Exist", u.log)
+	at := time.Now()
+	if err := u.dialogs.ReadBye(req, tx); err == nil {
+		return
 	}
+	if cid := req.CallID(); cid != nil && u.orphanBye != nil && !u.runsSIPCall(string(*cid)) {
+		if u.orphanBye(u.base, string(*cid), at) {
+			respond(tx, req, 200, "OK", u.log)
+			return
+		}
+	}
+	respond(tx, req, 481, "Call/Transaction Does Not Exist", u.log)
+}
+
+// runsSIPCall reports whether a dialog this UA runs has the SIP Call-ID (a BYE for it that the
+// dialog cache refused is malformed, not an orphan's).
+func (u *UA) runsSIPCall(sipCallID string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, s := range u.sessions {
+		if s.sipCallID == sipCallID {
+			return true
+		}
+	}
+	return false
 }
 
 func (u *UA) onInvite(req *sip.Request, tx sip.ServerTransaction) {

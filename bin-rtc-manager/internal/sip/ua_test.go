@@ -82,8 +82,18 @@ func (r *recorder) got() []string {
 
 func newUA(t *testing.T, user, pass string) *sip.UA {
 	t.Helper()
-	ua, err := sip.NewUA(sip.Params{ListenAddress: "127.0.0.1:0", Username: user, Password: pass,
-		RTPPortMin: 20000, RTPPortMax: 30000, Log: testenv.Logger(t)})
+	return startUA(t, sip.Params{Username: user, Password: pass})
+}
+
+// startUA runs a UA on a free loopback port with p (ListenAddress and RTP ports filled in, Log
+// when unset).
+func startUA(t *testing.T, p sip.Params) *sip.UA {
+	t.Helper()
+	p.ListenAddress, p.RTPPortMin, p.RTPPortMax = "127.0.0.1:0", 20000, 30000
+	if p.Log == nil {
+		p.Log = testenv.Logger(t)
+	}
+	ua, err := sip.NewUA(p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 // Package netguard is the webhook manager's SSRF guard: it refuses webhook targets in private,
-// loopback, link-local, unique-local, CGNAT, multicast, reserved and cloud-metadata ranges unless
-// the operator allowed them (WEBHOOK_ALLOWED_NETWORKS). It checks twice: when a webhook is
+// loopback, link-local, unique-local, CGNAT, multicast, reserved and cloud-metadata ranges, and
+// every IPv6 form that embeds an IPv4 address (compatible, mapped, SIIT, NAT64, 6to4, Teredo,
+// ISATAP), unless the operator allowed them (WEBHOOK_ALLOWED_NETWORKS). It checks twice: when a webhook is
 // written (the URI's host is resolved and every address checked) and again on every connection
 // (a net.Dialer Control function sees the address actually dialled, which defeats DNS rebinding
 // and redirects to a private address).
@@ -61,10 +62,17 @@ var forbidden = mustPrefixes(
 	"2001:db8::/32",      // documentation
 )
 
-// embedded4 are IPv6 ranges that carry an IPv4 address, which must pass the IPv4 rules too.
-var (
-	nat64     = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour = netip.MustParsePrefix("2002::/16")
+// embedsV4 are the IPv6 ranges whose addresses carry an IPv4 address: through them one could reach
+// a refused IPv4 host (a NAT64 gateway, a 6to4 relay, a stack that still routes IPv4-compatible
+// addresses), so they are refused as a whole, whatever the IPv4 address inside. IPv4-mapped
+// addresses (::ffff:a.b.c.d) are unmapped first and checked as the IPv4 address they are.
+var embedsV4 = mustPrefixes(
+	"::/96",           // IPv4-compatible (deprecated), e.g. ::a9fe:a9fe = ::169.254.169.254
+	"::ffff:0:0:0/96", // SIIT IPv4-translated, ::ffff:0:a.b.c.d
+	"64:ff9b::/96",    // NAT64 well-known prefix
+	"64:ff9b:1::/48",  // NAT64 local-use
+	"2002::/16",       // 6to4
+	"2001::/32",       // Teredo (the client's IPv4 address, obfuscated)
 )
 
 // Check returns nil if ip may be reached, else an error wrapping webhook.ErrTargetForbidden.
@@ -78,22 +86,14 @@ func (g *Guard) Check(ip netip.Addr) error {
 	if reason := forbiddenReason(ip); reason != "" {
 		return fmt.Errorf("%w: %s is %s", webhook.ErrTargetForbidden, ip, reason)
 	}
-	if ip.Is6() {
-		b := ip.As16()
-		var v4 netip.Addr
-		switch {
-		case nat64.Contains(ip):
-			v4 = netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
-		case sixToFour.Contains(ip):
-			v4 = netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})
-		}
-		if v4.IsValid() {
-			if err := g.Check(v4); err != nil {
-				return fmt.Errorf("%w (embedded in %s)", err, ip)
-			}
-		}
-	}
 	return nil
+}
+
+// isatap reports whether ip has an ISATAP interface identifier (RFC 5214: 0000:5efe or 0200:5efe
+// followed by an IPv4 address), whatever its /64 prefix.
+func isatap(ip netip.Addr) bool {
+	b := ip.As16()
+	return (b[8] == 0x00 || b[8] == 0x02) && b[9] == 0x00 && b[10] == 0x5e && b[11] == 0xfe
 }
 
 func forbiddenReason(ip netip.Addr) string {
@@ -112,6 +112,16 @@ func forbiddenReason(ip netip.Addr) string {
 		return "a multicast address"
 	case ip.IsUnspecified():
 		return "the unspecified address"
+	}
+	if ip.Is6() {
+		for _, p := range embedsV4 {
+			if p.Contains(ip) {
+				return "an IPv6 address embedding an IPv4 address (" + p.String() + ")"
+			}
+		}
+		if isatap(ip) {
+			return "an ISATAP address embedding an IPv4 address"
+		}
 	}
 	for _, p := range forbidden {
 		if p.Contains(ip) {

@@ -53,7 +53,22 @@ func TestCheck(t *testing.T) {
 		{"::ffff:10.0.0.1", nil, false},   // IPv4-mapped private
 		{"64:ff9b::a00:1", nil, false},    // NAT64 of 10.0.0.1
 		{"2002:a9fe:a9fe::1", nil, false}, // 6to4 of 169.254.169.254
-		{"64:ff9b::5db8:d822", nil, true}, // NAT64 of a public address
+		// Every IPv6 form that embeds an IPv4 address is refused, whatever the IPv4 address inside.
+		{"::a9fe:a9fe", nil, false},                          // IPv4-compatible 169.254.169.254
+		{"::169.254.169.254", nil, false},                    // the same, dotted
+		{"::7f00:1", nil, false},                             // IPv4-compatible loopback
+		{"::5db8:d822", nil, false},                          // IPv4-compatible public address
+		{"::ffff:0:a9fe:a9fe", nil, false},                   // SIIT IPv4-translated
+		{"64:ff9b::5db8:d822", nil, false},                   // NAT64 of a public address
+		{"64:ff9b::169.254.169.254", nil, false},             // NAT64 of the metadata address
+		{"64:ff9b:1::a00:1", nil, false},                     // NAT64 local-use prefix
+		{"2002:5db8:d822::1", nil, false},                    // 6to4 of a public address
+		{"2001:0:4136:e378:8000:63bf:3fff:fdd2", nil, false}, // Teredo
+		{"2606:2800:220:1:0:5efe:a9fe:a9fe", nil, false},     // ISATAP interface id
+		{"2606:2800:220:1:200:5efe:5db8:d822", nil, false},   // ISATAP, universal bit set
+		{"::ffff:93.184.216.34", nil, true},                  // IPv4-mapped public: the IPv4 address itself
+		{"2001:4860:4860::8888", nil, true},                  // public IPv6 next to Teredo's 2001::/32
+		{"::7f00:1", prefixes("127.0.0.0/8"), false},         // allowing IPv4 loopback opens no IPv6 form of it
 		{"127.0.0.1", prefixes("127.0.0.0/8"), true},
 		{"::ffff:127.0.0.1", prefixes("127.0.0.0/8"), true},
 		{"::1", prefixes("::1/128"), true},
@@ -88,6 +103,7 @@ func TestCheckTarget(t *testing.T) {
 		"public.example":   {netip.MustParseAddr("93.184.216.34")},
 		"rebind.example":   {netip.MustParseAddr("93.184.216.34"), netip.MustParseAddr("10.0.0.5")},
 		"metadata.example": {netip.MustParseAddr("169.254.169.254")},
+		"compat.example":   {netip.MustParseAddr("93.184.216.34"), netip.MustParseAddr("::a9fe:a9fe")},
 	}
 	g := New(nil, res)
 	tests := []struct {
@@ -102,6 +118,11 @@ func TestCheckTarget(t *testing.T) {
 		{uri: "http://127.0.0.1:8080/", wantErr: webhook.ErrTargetForbidden},
 		{uri: "http://[::1]:8080/", wantErr: webhook.ErrTargetForbidden},
 		{uri: "http://[fd00:ec2::254]/", wantErr: webhook.ErrTargetForbidden},
+		{uri: "http://[::a9fe:a9fe]/", wantErr: webhook.ErrTargetForbidden},
+		{uri: "http://[::ffff:a9fe:a9fe]/", wantErr: webhook.ErrTargetForbidden},
+		{uri: "http://[64:ff9b::a9fe:a9fe]/latest/meta-data", wantErr: webhook.ErrTargetForbidden},
+		{uri: "https://[2002:a9fe:a9fe::1]:8443/", wantErr: webhook.ErrTargetForbidden},
+		{uri: "https://compat.example/", wantErr: webhook.ErrTargetForbidden},
 		{uri: "https://nowhere.example/", wantField: true},
 	}
 	for _, tt := range tests {
@@ -153,5 +174,24 @@ func TestControlAtDialTime(t *testing.T) {
 				t.Fatalf("status %d", resp.StatusCode)
 			}
 		})
+	}
+}
+
+// TestControlRefusesEmbeddedV4 is the dial-time half for the IPv6 forms that carry an IPv4
+// address: the Control function (called with the address about to be connected, after any DNS
+// and redirects) refuses them. Called directly: a real dial would send packets off loopback.
+func TestControlRefusesEmbeddedV4(t *testing.T) {
+	g := New(prefixes("127.0.0.0/8", "::1/128"), nil)
+	for _, addr := range []string{"[::a9fe:a9fe]:80", "[::ffff:a9fe:a9fe]:80", "[::ffff:0:7f00:1]:80",
+		"[64:ff9b::a9fe:a9fe]:443", "[64:ff9b:1::7f00:1]:443", "[2002:7f00:1::1]:80",
+		"[2001:0:4136:e378:8000:63bf:3fff:fdd2]:80", "[fe80::5efe:a9fe:a9fe]:80", "[::7f00:1]:8080"} {
+		t.Run(addr, func(t *testing.T) {
+			if err := g.Control("tcp6", addr, nil); !errors.Is(err, webhook.ErrTargetForbidden) {
+				t.Fatalf("Control(%s) = %v, want ErrTargetForbidden", addr, err)
+			}
+		})
+	}
+	if err := g.Control("tcp4", "127.0.0.1:8080", nil); err != nil {
+		t.Fatalf("Control(127.0.0.1:8080) with loopback allowed = %v", err)
 	}
 }

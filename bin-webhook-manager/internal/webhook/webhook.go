@@ -96,6 +96,9 @@ var eventTypePattern = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*(
 func (s Spec) Normalize() (Spec, error) {
 	out := s
 	out.Name = strings.TrimSpace(s.Name)
+	if out.Name == "" && s.Name != "" {
+		return Spec{}, &FieldError{"name", "must not be blank (only spaces)"}
+	}
 	if utf8.RuneCountInString(out.Name) > MaxNameLength {
 		return Spec{}, &FieldError{"name", fmt.Sprintf("must be at most %d characters", MaxNameLength)}
 	}

@@ -42,6 +42,9 @@ func TestSpecNormalize(t *testing.T) {
 		{name: "empty event type", spec: with(func(s *Spec) { s.EventTypes = []string{""} }), wantField: "event_types[0]"},
 		{name: "bad status", spec: with(func(s *Spec) { s.Status = "paused" }), wantField: "status"},
 		{name: "name too long", spec: with(func(s *Spec) { s.Name = strings.Repeat("é", MaxNameLength+1) }), wantField: "name"},
+		{name: "name of only spaces", spec: with(func(s *Spec) { s.Name = "   \t " }), wantField: "name"},
+		{name: "name trimmed", spec: with(func(s *Spec) { s.Name = "  ops  " }),
+			want: Spec{Name: "ops", URI: "https://example.com/hook", Method: "POST", EventTypes: []string{"call.created"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
