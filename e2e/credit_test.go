@@ -285,6 +285,69 @@ func TestBalanceNeverGoesBelowZero(t *testing.T) {
 	}
 }
 
+// More parallel calls than the balance covers: the gate admits as many first slices as it pays
+// for and refuses the rest with 402; the admitted calls get no second slice and end after their
+// first, and the balance ends at zero, never below.
+func TestMoreCallsThanTheBalanceCovers(t *testing.T) {
+	const calls = 20
+	_, cc, db := creditStack(t, "30000", nil) // 30 s: fifteen 2 s slices
+	acc := accountOf(t, cc)
+	stop := watchBalance(t, cc)
+	var mu sync.Mutex
+	var placed []Call
+	refused := 0
+	var wg sync.WaitGroup
+	for range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := cc.Do("POST", "/v1.0/calls", map[string]any{
+				"source":       map[string]string{"type": "tel", "target": "+15550001111"},
+				"destinations": []map[string]string{{"type": "tel", "target": neverHangsUp}}})
+			var out struct {
+				Calls []Call `json:"calls"`
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case r.Status == 402:
+				refused++
+			case r.Status == 201 && json.Unmarshal(r.Body, &out) == nil && len(out.Calls) == 1:
+				placed = append(placed, out.Calls[0])
+			default:
+				t.Errorf("POST /v1.0/calls = %d %s", r.Status, r.Body)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(placed) != 15 || refused != 5 {
+		t.Fatalf("%d calls admitted, %d refused; want 15 and 5", len(placed), refused)
+	}
+	var overruns []time.Duration
+	for _, c := range placed {
+		final := cc.WaitCall(c.ID, 30*time.Second, func(c Call) bool { return c.Status == "hangup" })
+		if final.HangupReason != "balance_exhausted" {
+			t.Errorf("call %s = %s; want balance_exhausted", c.ID, final)
+		}
+		waitCharged(t, db, []Call{final})
+		f := factsOf(t, db, final)
+		overruns = append(overruns, f.overrun())
+		if f.granted != 2 || f.overrun() > 2*time.Second {
+			t.Errorf("call %s: granted %d s, ended %s after it; want 2 s and within 2 s", c.ID, f.granted, f.overrun())
+		}
+	}
+	low, lowAvail, samples := stop()
+	a := accountOf(t, cc)
+	sum := ledgerSum(t, db, acc.ID)
+	t.Logf("%d calls: %d admitted, %d refused; overrun median %s, max %s; balance lowest seen %d (available %d) in %d samples, final %d, ledger %d",
+		calls, len(placed), refused, median(overruns).Round(time.Millisecond), slicesMax(overruns).Round(time.Millisecond),
+		low, lowAvail, samples, a.Balance, sum)
+	if low < 0 || lowAvail < 0 || a.Balance != 0 || a.Balance != sum || a.Reserved != 0 {
+		t.Errorf("balance lowest %d (available %d), final %d (reserved %d), ledger %d; want never below zero, ending at 0 = ledger",
+			low, lowAvail, a.Balance, a.Reserved, sum)
+	}
+}
+
 func slicesMax(ds []time.Duration) time.Duration {
 	m := ds[0]
 	for _, d := range ds {
