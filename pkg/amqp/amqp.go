@@ -362,6 +362,12 @@ type ConsumeSpec struct {
 	AutoAck bool
 	// Exclusive makes this the queue's only consumer.
 	Exclusive bool
+	// Resumed, when set, is called after the consumer is back following an interruption (the
+	// channel or connection was lost after it had started), with the time the interruption was
+	// noticed. It runs once the new consumer is registered and before any of its deliveries is
+	// handled, so a consumer of a server-named queue, which lost what the old queue held, can say
+	// so before handling what the new one brings.
+	Resumed func(interrupted time.Time)
 }
 
 // Consume runs handle for each delivery until ctx ends, resuming after reconnections. The handler
@@ -375,10 +381,20 @@ func (c *Conn) Consume(ctx context.Context, spec ConsumeSpec, handle func(contex
 	if spec.Prefetch <= 0 {
 		spec.Prefetch = spec.Workers * 2
 	}
+	var interrupted time.Time // zero: no interruption since the consumer last started
+	started := func() {
+		if !interrupted.IsZero() && spec.Resumed != nil {
+			spec.Resumed(interrupted)
+		}
+		interrupted = time.Time{}
+	}
 	for attempt := 0; ; attempt++ {
-		err := c.consumeOnce(ctx, spec, handle)
+		consumed, err := c.consumeOnce(ctx, spec, handle, started)
 		if ctx.Err() != nil || errors.Is(err, ErrClosed) {
 			return nil
+		}
+		if consumed && interrupted.IsZero() {
+			interrupted = time.Now()
 		}
 		c.log.Warn("consumer stopped, resuming", "error", err)
 		select {
@@ -389,24 +405,27 @@ func (c *Conn) Consume(ctx context.Context, spec ConsumeSpec, handle func(contex
 	}
 }
 
-func (c *Conn) consumeOnce(ctx context.Context, spec ConsumeSpec, handle func(context.Context, Delivery)) error {
+// consumeOnce consumes on one channel until ctx ends or the channel is lost. consumed reports
+// whether the consumer got as far as registering (and so calling started).
+func (c *Conn) consumeOnce(ctx context.Context, spec ConsumeSpec, handle func(context.Context, Delivery), started func()) (consumed bool, _ error) {
 	ch, err := c.Channel(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer ch.Close()
 	if err := ch.Qos(spec.Prefetch, 0, false); err != nil {
-		return err
+		return false, err
 	}
 	queue, err := spec.Setup(ch)
 	if err != nil {
-		return fmt.Errorf("consumer setup: %w", err)
+		return false, fmt.Errorf("consumer setup: %w", err)
 	}
 	tag := "voipbin-" + randomTag()
 	deliveries, err := ch.Consume(queue, tag, spec.AutoAck, spec.Exclusive, false, false, nil)
 	if err != nil {
-		return fmt.Errorf("consume %q: %w", queue, err)
+		return false, fmt.Errorf("consume %q: %w", queue, err)
 	}
+	started() // before the workers: nothing of the new consumer is handled yet
 	// Workers read the delivery channel directly: one hand-off less per message than a dispatcher.
 	hctx := context.WithoutCancel(ctx)
 	var wg sync.WaitGroup
@@ -430,10 +449,10 @@ func (c *Conn) consumeOnce(ctx context.Context, spec ConsumeSpec, handle func(co
 	case <-ctx.Done():
 		_ = ch.Cancel(tag, false) // the library closes deliveries once the broker confirms
 		wg.Wait()
-		return nil
+		return true, nil
 	case err := <-closed:
 		wg.Wait()
-		return fmt.Errorf("channel closed: %v", err)
+		return true, fmt.Errorf("channel closed: %v", err)
 	}
 }
 

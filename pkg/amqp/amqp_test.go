@@ -61,6 +61,7 @@ func TestReconnectRedeclaresTopologyAndResumesConsumers(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var got []string
+	var resumedAt []time.Time
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -69,6 +70,11 @@ func TestReconnectRedeclaresTopologyAndResumesConsumers(t *testing.T) {
 				return "", err
 			}
 			return queue, ch.QueueBind(queue, "#", exchange, false, nil)
+		}, Resumed: func(at time.Time) {
+			mu.Lock()
+			got = append(got, "resumed")
+			resumedAt = append(resumedAt, at)
+			mu.Unlock()
 		}}, func(_ context.Context, d amqp.Delivery) {
 			mu.Lock()
 			got = append(got, string(d.Body))
@@ -93,8 +99,27 @@ func TestReconnectRedeclaresTopologyAndResumesConsumers(t *testing.T) {
 		})
 	}
 	publishUntilSeen("before")
+	closedAt := time.Now()
 	testenv.CloseAllConnections(t, vhost)
 	publishUntilSeen("after")
+	// Resumed ran once, with the time the loss was noticed, before anything of the new consumer.
+	mu.Lock()
+	if len(resumedAt) != 1 || resumedAt[0].Before(closedAt) || resumedAt[0].After(time.Now()) {
+		t.Errorf("Resumed called at %v, want once, after the close at %v", resumedAt, closedAt)
+	}
+	resumed, after := -1, -1
+	for i, g := range got {
+		switch g {
+		case "resumed":
+			resumed = i
+		case "after":
+			after = i
+		}
+	}
+	if resumed < 0 || after < resumed {
+		t.Errorf("handled %v: want \"resumed\" before the first delivery of the new consumer", got)
+	}
+	mu.Unlock()
 	if err := conn.Check(context.Background()); err != nil {
 		t.Fatalf("Check after reconnect: %v", err)
 	}

@@ -49,6 +49,10 @@ type SubscriberOptions struct {
 	// Dedupe drops events already handled (default: an in-memory set of the last 100 000 ids).
 	Dedupe     Deduper
 	Registerer prometheus.Registerer
+	// OnResume, when set, is called when consumption resumes after an interruption, with the time
+	// it was noticed, before any event of the resumed consumer is handled. A server-named queue
+	// (Queue "") is new then: what the old one held is lost, and OnResume is where to say so.
+	OnResume func(interrupted time.Time)
 }
 
 // Subscriber consumes events from a queue bound to topic exchanges.
@@ -184,7 +188,7 @@ func (s *Subscriber) changeBinding(ctx context.Context, b Binding, add bool) err
 func (s *Subscriber) Run(ctx context.Context) error {
 	s.log.Info("event subscriber consuming")
 	return s.conn.Consume(ctx, amqp.ConsumeSpec{Setup: s.setup, Workers: s.opts.Workers,
-		Exclusive: s.opts.Queue == ""}, func(hctx context.Context, d amqp.Delivery) { s.handle(ctx, hctx, d) })
+		Exclusive: s.opts.Queue == "", Resumed: s.opts.OnResume}, func(hctx context.Context, d amqp.Delivery) { s.handle(ctx, hctx, d) })
 }
 
 func (s *Subscriber) handle(runCtx, ctx context.Context, d amqp.Delivery) {

@@ -109,8 +109,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	authenticator := httpauth.New(ids)
 	events := ws.NewHandler(ws.Deps{Conn: conn, Log: log, Registerer: reg,
-		Auth:    ws.AuthFunc(func(r *http.Request) (ws.Identity, error) { return wsIdentity(ids, authenticator, r) }),
-		Options: ws.Options{RevalidateInterval: cfg.WSCredentialCheckInterval}})
+		Auth: ws.AuthFunc(func(r *http.Request) (ws.Identity, error) { return wsIdentity(ids, authenticator, r) }),
+		Options: ws.Options{RevalidateInterval: cfg.WSCredentialCheckInterval,
+			MaxConnectionsPerCustomer: cfg.WS.PerCustomer, MaxConnectionsPerIP: cfg.WS.PerIP}})
 	// A revocation announced by any instance re-checks this instance's sockets at once.
 	principals.OnRevoke(events.Revalidate)
 	admin := telemetry.NewAdmin(cfg.AdminAddress, reg, map[string]telemetry.Check{
@@ -127,7 +128,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 		Limiter:     cache.NewLimiter(rdb, "api:ratelimit:"),
 		RateLimitIP: httpapi.RateLimit(cfg.RateLimitIP), RateLimitCustomer: httpapi.RateLimit(cfg.RateLimitCustomer),
 		Idempotency: cache.NewIdempotency(rdb, "api:idempotency:", 24*time.Hour), CallCreateTimeout: cfg.CallCreateTimeout,
-		CORSOrigins: cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
+		LoginFailures: cache.NewFailures(rdb, "api:loginfail:"),
+		LoginThrottle: httpapi.LoginThrottle(cfg.LoginThrottle),
+		CORSOrigins:   cfg.CORSOrigins, SecureCookie: cfg.TLS(), CookieLifetime: cfg.JWTLifetime,
 		WS:              events,
 		SIPDestinations: netpolicy.New(netpolicy.Options{Allowed: cfg.SIPAllowedNetworks}),
 	})
@@ -196,7 +199,7 @@ func newIdentity(cfg config.Config, db *sql.DB, principals *cache.Principals, co
 	if err != nil {
 		return nil, err
 	}
-	passwords, err := identity.NewPasswords(cfg.BcryptCost)
+	passwords, err := identity.NewPasswords(cfg.BcryptCost, identity.HashLimit{Concurrency: cfg.PasswordHashConcurrency})
 	if err != nil {
 		return nil, err
 	}

@@ -172,3 +172,53 @@ func (l *Limiter) Allow(ctx context.Context, key string, rate, burst int) (allow
 	}
 	return res.Allowed > 0, res.RetryAfter, nil
 }
+
+// Failures counts failures per key in fixed windows (failed logins per IP and per account): a
+// key's window starts at its first Add and the key expires with it.
+type Failures struct {
+	rdb    redis.Scripter
+	prefix string
+}
+
+// NewFailures makes a counter whose keys start with prefix.
+func NewFailures(rdb redis.Scripter, prefix string) *Failures {
+	return &Failures{rdb: rdb, prefix: prefix}
+}
+
+// addScript counts one and returns {count, milliseconds left in the window}; a key left without
+// an expiry (it cannot happen, but a stuck key would lock an account for good) gets one.
+var addScript = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if n == 1 or ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}`)
+
+// undoScript takes one back from a live window, never below zero and never creating a key.
+var undoScript = redis.NewScript(`
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n > 0 then redis.call('DECR', KEYS[1]) end
+return 0`)
+
+// Add counts one failure (or attempt) on key and returns the count in the current window and
+// the time left in it.
+func (f *Failures) Add(ctx context.Context, key string, window time.Duration) (int64, time.Duration, error) {
+	res, err := addScript.Run(ctx, f.rdb, []string{f.prefix + key}, window.Milliseconds()).Int64Slice()
+	if err != nil {
+		return 0, 0, fmt.Errorf("count %s: %w", key, err)
+	}
+	if len(res) != 2 {
+		return 0, 0, fmt.Errorf("count %s: unexpected reply %v", key, res)
+	}
+	return res[0], time.Duration(res[1]) * time.Millisecond, nil
+}
+
+// Undo takes back one count of key (an attempt that turned out not to be a failure).
+func (f *Failures) Undo(ctx context.Context, key string) error {
+	if err := undoScript.Run(ctx, f.rdb, []string{f.prefix + key}).Err(); err != nil {
+		return fmt.Errorf("uncount %s: %w", key, err)
+	}
+	return nil
+}

@@ -126,3 +126,41 @@ func TestLimiter(t *testing.T) {
 		t.Fatal("Allow without Redis must fail")
 	}
 }
+
+func TestFailures(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Name("fail") + ":"
+	t.Cleanup(func() { rdb.Del(context.Background(), prefix+"k", prefix+"never") })
+	f := cache.NewFailures(rdb, prefix)
+	for i := int64(1); i <= 3; i++ {
+		n, left, err := f.Add(ctx, "k", 2*time.Second)
+		if err != nil || n != i || left <= time.Second || left > 2*time.Second {
+			t.Fatalf("add %d: n=%d left=%s err=%v", i, n, left, err)
+		}
+	}
+	if err := f.Undo(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := f.Add(ctx, "k", 2*time.Second); n != 3 {
+		t.Fatalf("after an undo: n=%d, want 3", n)
+	}
+	// Undo never creates a key nor goes below zero.
+	if err := f.Undo(ctx, "never"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := rdb.Exists(ctx, prefix+"never").Result(); n != 0 {
+		t.Fatal("undo created a key")
+	}
+	// The window ends: the count starts again.
+	testenv.Eventually(t, 5*time.Second, "the window to end", func() bool {
+		n, _ := rdb.Exists(ctx, prefix+"k").Result()
+		return n == 0
+	})
+	if n, _, _ := f.Add(ctx, "k", 2*time.Second); n != 1 {
+		t.Fatalf("new window: n=%d, want 1", n)
+	}
+	if _, _, err := cache.NewFailures(deadRedis(t), prefix).Add(ctx, "k", time.Second); err == nil {
+		t.Fatal("Add with Redis down: no error")
+	}
+}

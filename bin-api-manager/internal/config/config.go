@@ -59,6 +59,12 @@ type Config struct {
 	WSCredentialCheckInterval time.Duration
 	// BcryptCost is the cost of new password hashes.
 	BcryptCost int
+	// PasswordHashConcurrency bounds the bcrypt work running at once (0: half the cores).
+	PasswordHashConcurrency int
+	// LoginThrottle limits failed logins per client IP and per account.
+	LoginThrottle LoginThrottle
+	// WS limits WebSocket connections.
+	WS WSLimits
 	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager: at least
 	// callapi.CreateTimeout (the call manager's longest budget plus the time its reply takes), so
 	// the call manager always gives up first.
@@ -66,6 +72,19 @@ type Config struct {
 	// SIPAllowedNetworks opens, for sip destinations with a literal address, ranges refused by
 	// default (RTC_SIP_ALLOWED_NETWORKS, the rtc manager's setting: set both alike).
 	SIPAllowedNetworks []netip.Prefix
+}
+
+// LoginThrottle counts failed logins in fixed windows of Window; a limit of 0 disables that count.
+type LoginThrottle struct {
+	PerIP      int
+	PerAccount int
+	Window     time.Duration
+}
+
+// WSLimits cap open WebSocket connections on one instance; 0 disables a cap.
+type WSLimits struct {
+	PerCustomer int
+	PerIP       int
 }
 
 // TLS reports whether the HTTP server serves TLS.
@@ -119,7 +138,20 @@ func load(r *envconf.Reader) Config {
 		BcryptCost:                r.Int("BCRYPT_COST", 10, 4, 16),
 		CallCreateTimeout:         r.Duration("CALL_CREATE_TIMEOUT", callapi.CreateTimeout+time.Second),
 
-		SIPAllowedNetworks: r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
+		SIPAllowedNetworks:      r.Prefixes("RTC_SIP_ALLOWED_NETWORKS", ""),
+		PasswordHashConcurrency: r.Int("PASSWORD_HASH_CONCURRENCY", 0, 0, 1024),
+		LoginThrottle: LoginThrottle{
+			PerIP:      r.Int("LOGIN_FAILURES_PER_IP", 30, 0, 1_000_000),
+			PerAccount: r.Int("LOGIN_FAILURES_PER_ACCOUNT", 10, 0, 1_000_000),
+			Window:     r.Duration("LOGIN_FAILURE_WINDOW", 15*time.Minute),
+		},
+		WS: WSLimits{
+			PerCustomer: r.Int("WS_MAX_CONNECTIONS_PER_CUSTOMER", 500, 0, 10_000_000),
+			PerIP:       r.Int("WS_MAX_CONNECTIONS_PER_IP", 100, 0, 10_000_000),
+		},
+	}
+	if c.LoginThrottle.Window < time.Second || c.LoginThrottle.Window > 24*time.Hour {
+		r.Fail("LOGIN_FAILURE_WINDOW", "must be from 1s to 24h, got %s", c.LoginThrottle.Window)
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		r.Fail("TLS_CERT_FILE", "TLS_CERT_FILE and TLS_KEY_FILE must be set together")

@@ -41,7 +41,25 @@ func TestLoad(t *testing.T) {
 			if len(c.JWTKeys) != 1 || c.JWTKeys[0].ID != "default" || string(c.JWTKeys[0].Secret) != secret32 {
 				t.Errorf("JWTKeys = %+v, want one default key", c.JWTKeys)
 			}
+			if c.PasswordHashConcurrency != 0 || c.LoginThrottle != (LoginThrottle{PerIP: 30, PerAccount: 10, Window: 15 * time.Minute}) ||
+				c.WS != (WSLimits{PerCustomer: 500, PerIP: 100}) {
+				t.Errorf("abuse limits = %d %+v %+v", c.PasswordHashConcurrency, c.LoginThrottle, c.WS)
+			}
 		}},
+		{name: "abuse limits", env: map[string]string{"PASSWORD_HASH_CONCURRENCY": "3", "LOGIN_FAILURES_PER_IP": "0",
+			"LOGIN_FAILURES_PER_ACCOUNT": "5", "LOGIN_FAILURE_WINDOW": "1m", "WS_MAX_CONNECTIONS_PER_CUSTOMER": "7",
+			"WS_MAX_CONNECTIONS_PER_IP": "0"},
+			check: func(t *testing.T, c Config) {
+				if c.PasswordHashConcurrency != 3 || c.LoginThrottle != (LoginThrottle{PerIP: 0, PerAccount: 5, Window: time.Minute}) ||
+					c.WS != (WSLimits{PerCustomer: 7, PerIP: 0}) {
+					t.Errorf("abuse limits = %d %+v %+v", c.PasswordHashConcurrency, c.LoginThrottle, c.WS)
+				}
+			}},
+		{name: "abuse limits malformed", env: map[string]string{"PASSWORD_HASH_CONCURRENCY": "-1", "LOGIN_FAILURES_PER_IP": "x",
+			"LOGIN_FAILURES_PER_ACCOUNT": "-2", "LOGIN_FAILURE_WINDOW": "0s", "WS_MAX_CONNECTIONS_PER_CUSTOMER": "many",
+			"WS_MAX_CONNECTIONS_PER_IP": "-1"},
+			wantErr: []string{"PASSWORD_HASH_CONCURRENCY", "LOGIN_FAILURES_PER_IP", "LOGIN_FAILURES_PER_ACCOUNT",
+				"LOGIN_FAILURE_WINDOW", "WS_MAX_CONNECTIONS_PER_CUSTOMER", "WS_MAX_CONNECTIONS_PER_IP"}},
 		{name: "key list", env: map[string]string{"JWT_KEY": "new:" + secret32 + "x, old:" + secret32,
 			"CORS_ORIGINS": "https://a.example, http://localhost:3000", "TLS_CERT_FILE": "/c", "TLS_KEY_FILE": "/k"},
 			check: func(t *testing.T, c Config) {

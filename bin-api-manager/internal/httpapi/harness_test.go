@@ -71,6 +71,12 @@ type options struct {
 	// realManagers sends requests to the contract queues themselves, where the test runs real
 	// managers (in a vhost of its own), and starts no stand-ins.
 	realManagers bool
+	// bcryptCost is the password hashing cost (0: the minimum, for speed).
+	bcryptCost int
+	hashLimit  identity.HashLimit
+	// loginThrottle limits failed logins (zero: no limits); loginRedis counts them (nil: the test Redis).
+	loginThrottle httpapi.LoginThrottle
+	loginRedis    *redis.Client
 	// ws serves the real WebSocket endpoint (internal/ws) instead of a stub, wired as main does.
 	ws bool
 	// share makes a second api-manager instance: its own router, identity service, cache and
@@ -251,7 +257,11 @@ func newHarness(t testing.TB, o options) *harness {
 	caller := renamed{next: rpcclient.New(client, log, reg),
 		queues: map[string]string{callapi.Queue: callQ, billingapi.Queue: billQ, webhookapi.Queue: hookQ}}
 
-	pw, err := identity.NewPasswords(bcrypt.MinCost)
+	cost := bcrypt.MinCost
+	if o.bcryptCost != 0 {
+		cost = o.bcryptCost
+	}
+	pw, err := identity.NewPasswords(cost, o.hashLimit)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,11 +286,16 @@ func newHarness(t testing.TB, o options) *harness {
 	if o.idemRedis != nil {
 		idemRedis = o.idemRedis
 	}
+	loginRedis := rdb
+	if o.loginRedis != nil {
+		loginRedis = o.loginRedis
+	}
 	handler := httpapi.New(httpapi.Deps{
 		Log: log, Registerer: reg, Identity: h.svc, Auth: httpauth.New(h.svc),
 		Calls: callapi.NewClient(caller), Billing: billingapi.NewClient(caller), Webhooks: webhookapi.NewClient(caller),
 		Limiter: countingLimiter{next: cache.NewLimiter(limiterRedis, prefix+"rl:"), calls: &h.limiterCalls}, RateLimitIP: o.ipLimit, RateLimitCustomer: o.customerLimit,
 		Idempotency: cache.NewIdempotency(idemRedis, prefix+"idem:", 24*time.Hour), CallCreateTimeout: o.createTimeout,
+		LoginFailures: cache.NewFailures(loginRedis, prefix+"lf:"), LoginThrottle: o.loginThrottle,
 		CORSOrigins: o.cors, CookieLifetime: time.Hour, WS: h.wsHandler(o, conn, log, reg),
 		SIPDestinations: netpolicy.New(netpolicy.Options{Allowed: o.sipAllowed}),
 	})

@@ -18,6 +18,7 @@ import (
 
 	"voipbin/bin-api-manager/internal/cache"
 	"voipbin/bin-api-manager/internal/httpauth"
+	"voipbin/bin-api-manager/internal/ratelimit"
 	"voipbin/pkg/callapi"
 )
 
@@ -67,6 +68,9 @@ type Deps struct {
 	RateLimitIP       RateLimit
 	RateLimitCustomer RateLimit
 	Idempotency       IdempotencyStore
+	// LoginFailures counts failed logins (Redis); nil counts them in process only.
+	LoginFailures FailureCounter
+	LoginThrottle LoginThrottle
 	// CallCreateTimeout is how long POST /v1.0/calls waits for the call manager; it must exceed
 	// the call manager's whole budget (config checks it against callapi.CreateTimeout). 0 means
 	// callapi.CreateTimeout + 1 s.
@@ -95,6 +99,8 @@ type AddressChecker interface {
 type api struct {
 	log *slog.Logger
 	m   *metrics
+	// local limits requests in process while the shared limiter (Redis) cannot answer.
+	local *ratelimit.Local
 }
 
 // New builds the router of the public API.
@@ -105,6 +111,7 @@ func New(d Deps) http.Handler {
 	}
 	r := chi.NewRouter()
 	r.Use(a.requestID, a.accessLog, a.recoverer, cors(d.CORSOrigins))
+	a.local = ratelimit.NewLocal()
 	r.NotFound(a.routeNotFound)
 	r.MethodNotAllowed(a.methodNotAllowed(r))
 
@@ -127,6 +134,7 @@ func New(d Deps) http.Handler {
 			r.Get("/v1.0/ws", d.WS.ServeHTTP)
 		}
 		r.With(limitBody).Mount("/auth", (&sessions{api: a, svc: d.Identity, secure: d.SecureCookie,
+			throttle: newLoginThrottle(a, d.LoginFailures, d.LoginThrottle),
 			lifetime: d.CookieLifetime}).Routes())
 
 		r.Group(func(r chi.Router) {

@@ -25,17 +25,20 @@ import (
 )
 
 type metrics struct {
-	requests      *prometheus.CounterVec
-	latency       *prometheus.HistogramVec
-	limited       *prometheus.CounterVec
-	limiterErrors *prometheus.CounterVec
-	authFailures  *prometheus.CounterVec
-	replays       prometheus.Counter
-	panics        prometheus.Counter
+	loginThrottled *prometheus.CounterVec
+	requests       *prometheus.CounterVec
+	latency        *prometheus.HistogramVec
+	limited        *prometheus.CounterVec
+	limiterErrors  *prometheus.CounterVec
+	authFailures   *prometheus.CounterVec
+	replays        prometheus.Counter
+	panics         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
+		loginThrottled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "api_login_throttled_total",
+			Help: "Logins refused with 429 for too many failed logins, by scope (address, account)."}, []string{"scope"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "api_http_requests_total",
 			Help: "HTTP requests by method, route pattern and status code."}, []string{"method", "route", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "api_http_request_seconds",
@@ -44,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "api_rate_limited_total",
 			Help: "Requests refused with 429, by limit scope (ip, customer)."}, []string{"scope"}),
 		limiterErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "api_rate_limiter_errors_total",
-			Help: "Requests let through unlimited because the limiter (Redis) failed, by scope."}, []string{"scope"}),
+			Help: "Requests limited in process because the shared limiter (Redis) failed or was left alone after failing, by scope (ip, customer, login)."}, []string{"scope"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "api_auth_failures_total",
 			Help: "Requests refused by authentication, by reason."}, []string{"reason"}),
 		replays: prometheus.NewCounter(prometheus.CounterOpts{Name: "api_idempotent_replays_total",
@@ -53,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Handler panics recovered into a 500."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.latency, m.limited, m.limiterErrors, m.authFailures, m.replays, m.panics)
+		reg.MustRegister(m.loginThrottled, m.requests, m.latency, m.limited, m.limiterErrors, m.authFailures, m.replays, m.panics)
 	}
 	return m
 }
@@ -225,13 +228,15 @@ func clientIP(r *http.Request) string {
 // limiterTimeout bounds a limiter call, so a hung Redis slows a request by at most this much.
 const limiterTimeout = 250 * time.Millisecond
 
-// limiterBackoff is how long the limiter is left alone after it failed: requests then pass
-// unlimited without waiting for a Redis that is known to be down.
+// limiterBackoff is how long the shared limiter is left alone after it failed: requests are then
+// limited in process without waiting for a Redis that is known to be down.
 const limiterBackoff = time.Second
 
 // rateLimit refuses requests over limit with 429 RATE_LIMIT_EXCEEDED and Retry-After. When the
-// limiter fails it lets the request through (fail open), counts it, and skips the limiter for
-// limiterBackoff: Redis being down must never turn into errors, nor into slowness, for callers.
+// shared limiter (Redis) fails or is slower than limiterTimeout, the request is limited by the
+// in-process limiter instead (the same limit, counted per instance), the failure is counted, and
+// the shared limiter is skipped for limiterBackoff: Redis being down or slow must neither lift the
+// limits nor slow callers down.
 func (a *api) rateLimit(scope string, l Limiter, limit RateLimit, key func(*http.Request) string) func(http.Handler) http.Handler {
 	var lastWarn, downUntil atomic.Int64
 	return func(next http.Handler) http.Handler {
@@ -240,24 +245,27 @@ func (a *api) rateLimit(scope string, l Limiter, limit RateLimit, key func(*http
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			now := time.Now()
+			k := key(r)
+			var allowed bool
+			var retry time.Duration
 			if now.UnixNano() < downUntil.Load() {
 				a.m.limiterErrors.WithLabelValues(scope).Inc()
-				next.ServeHTTP(w, r)
-				return
-			}
-			ctx, cancel := context.WithTimeout(r.Context(), limiterTimeout)
-			allowed, retry, err := l.Allow(ctx, key(r), limit.Rate, limit.Burst)
-			cancel()
-			if err != nil {
-				a.m.limiterErrors.WithLabelValues(scope).Inc()
-				downUntil.Store(time.Now().Add(limiterBackoff).UnixNano())
-				// One warning per 10 s is enough to tell an operator; the counter has the rest.
-				if now.Unix()-lastWarn.Load() >= 10 {
-					lastWarn.Store(now.Unix())
-					a.log.WarnContext(r.Context(), "rate limiter unavailable, letting requests through", "scope", scope, "error", err)
+				allowed, retry = a.local.Allow(scope+":"+k, limit.Rate, limit.Burst)
+			} else {
+				ctx, cancel := context.WithTimeout(r.Context(), limiterTimeout)
+				var err error
+				allowed, retry, err = l.Allow(ctx, k, limit.Rate, limit.Burst)
+				cancel()
+				if err != nil {
+					a.m.limiterErrors.WithLabelValues(scope).Inc()
+					downUntil.Store(time.Now().Add(limiterBackoff).UnixNano())
+					// One warning per 10 s is enough to tell an operator; the counter has the rest.
+					if now.Unix()-lastWarn.Load() >= 10 {
+						lastWarn.Store(now.Unix())
+						a.log.WarnContext(r.Context(), "rate limiter unavailable, limiting in process", "scope", scope, "error", err)
+					}
+					allowed, retry = a.local.Allow(scope+":"+k, limit.Rate, limit.Burst)
 				}
-				next.ServeHTTP(w, r)
-				return
 			}
 			if !allowed {
 				a.m.limited.WithLabelValues(scope).Inc()

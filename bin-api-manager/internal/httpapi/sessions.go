@@ -2,7 +2,9 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -20,6 +22,7 @@ type sessionService interface {
 type sessions struct {
 	*api
 	svc      sessionService
+	throttle *loginThrottle
 	secure   bool
 	lifetime time.Duration
 }
@@ -47,11 +50,21 @@ func (s *sessions) login(w http.ResponseWriter, r *http.Request) error {
 	if _, err := decode(r, &in); err != nil {
 		return err
 	}
-	sess, err := s.svc.Login(r.Context(), in.Username, in.Password)
+	undo, retryAfter, err := s.throttle.begin(r.Context(), clientIP(r), in.Username)
 	if err != nil {
-		s.m.authFailures.WithLabelValues("login").Inc()
+		w.Header().Set("Retry-After", strconv.Itoa(retryAfter))
 		return err
 	}
+	sess, err := s.svc.Login(r.Context(), in.Username, in.Password)
+	if err != nil {
+		if errors.Is(err, identity.ErrInvalidCredentials) {
+			s.m.authFailures.WithLabelValues("login").Inc()
+			return err // stays counted
+		}
+		undo() // not a failed guess: the password was not checked
+		return err
+	}
+	undo()
 	s.respond(w, sess)
 	return nil
 }

@@ -182,7 +182,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	clk := newClock()
-	pw, err := identity.NewPasswords(bcrypt.MinCost)
+	pw, err := identity.NewPasswords(bcrypt.MinCost, identity.HashLimit{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,7 +472,7 @@ func TestLoginTakesAboutTheSameTimeForUnknownUsers(t *testing.T) {
 	}
 	ctx := context.Background()
 	clk := newClock()
-	pw, err := identity.NewPasswords(bcrypt.DefaultCost)
+	pw, err := identity.NewPasswords(bcrypt.DefaultCost, identity.HashLimit{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -162,7 +162,7 @@ func (s *Service) Bootstrap(ctx context.Context, username, password string) (boo
 	if len(password) > MaxPasswordLen {
 		return false, errors.New("ADMIN_PASSWORD must be at most 72 bytes")
 	}
-	hash, err := s.d.Passwords.Hash(password)
+	hash, err := s.d.Passwords.Hash(ctx, password)
 	if err != nil {
 		return false, err
 	}
@@ -190,17 +190,21 @@ type Session struct {
 }
 
 // Login checks a username and password and issues a token. Any failure to match is
-// ErrInvalidCredentials, costing one bcrypt comparison whether or not the user exists.
+// ErrInvalidCredentials, costing one bcrypt comparison whether or not the user exists;
+// ErrPasswordChecksBusy means the comparison could not be made in time (nothing was checked).
 func (s *Service) Login(ctx context.Context, username, password string) (Session, error) {
 	u, err := s.d.Users.UserByUsername(ctx, username)
 	switch {
 	case errors.Is(err, ErrUserNotFound):
-		s.d.Passwords.Verify("", password)
-		return Session{}, ErrInvalidCredentials
+		u = User{} // the dummy hash: the same cost as a known user
 	case err != nil:
 		return Session{}, err
 	}
-	if !s.d.Passwords.Verify(u.PasswordHash, password) {
+	ok, err := s.d.Passwords.Verify(ctx, u.PasswordHash, password)
+	if err != nil {
+		return Session{}, err
+	}
+	if !ok {
 		return Session{}, ErrInvalidCredentials
 	}
 	return s.issue(u)
@@ -363,7 +367,7 @@ func (s *Service) CreateCustomer(ctx context.Context, caller Identity, n NewCust
 	if err := n.Validate(); err != nil {
 		return Customer{}, User{}, err
 	}
-	hash, err := s.d.Passwords.Hash(n.Password)
+	hash, err := s.d.Passwords.Hash(ctx, n.Password)
 	if err != nil {
 		return Customer{}, User{}, err
 	}
@@ -520,7 +524,7 @@ func (s *Service) CreateUser(ctx context.Context, caller Identity, n NewUser) (U
 			return User{}, err
 		}
 	}
-	hash, err := s.d.Passwords.Hash(n.Password)
+	hash, err := s.d.Passwords.Hash(ctx, n.Password)
 	if err != nil {
 		return User{}, err
 	}

@@ -92,6 +92,11 @@ type Options struct {
 	// SocketWriteBuffer, when > 0, sets the kernel send buffer (SO_SNDBUF) of each plain-TCP
 	// connection, bounding what a stalled client can hold in the kernel besides SendBuffer.
 	SocketWriteBuffer int
+	// MaxConnectionsPerCustomer and MaxConnectionsPerIP cap the connections open on this
+	// instance per customer and per client address (0: no cap); over a cap the upgrade is refused
+	// with 429 WEBSOCKET_CONNECTION_LIMIT and Retry-After.
+	MaxConnectionsPerCustomer int
+	MaxConnectionsPerIP       int
 	// Exchanges consumed; default call.events and billing.events.
 	Exchanges []string
 	// CheckOrigin overrides the default origin policy: no Origin header, the same host, or an
@@ -144,6 +149,7 @@ type Handler struct {
 	metrics  *metrics
 	hub      *hub
 	bindings *bindings
+	limits   *connLimits
 	sub      *event.Subscriber
 	upgrader websocket.Upgrader
 	probeKey string
@@ -166,11 +172,14 @@ func NewHandler(d Deps) *Handler {
 	h := &Handler{opts: d.Options.withDefaults(), log: log, auth: d.Auth, conn: d.Conn,
 		metrics: newMetrics(d.Registerer), hub: newHub(), conns: map[*conn]struct{}{},
 		probeKey: "api-manager.ws.probe." + telemetry.NewRequestID(), revalidate: make(chan struct{}, 1)}
+	h.limits = newConnLimits(h.opts.MaxConnectionsPerCustomer, h.opts.MaxConnectionsPerIP)
 	// The probe binding lets Run learn, by a mandatory publish, that the queue exists and is bound.
 	// It lives on an exchange of its own: other services bind "#" on call.events, so a probe there
 	// would be routed before this queue exists.
+	// The queue is exclusive to this instance: when the broker connection is lost, so is the
+	// queue and what it held; the subscriber makes a new one, and OnResume tells the clients.
 	h.sub = event.NewSubscriber(d.Conn, log, event.SubscriberOptions{Queue: "", Registerer: d.Registerer,
-		Bindings: []event.Binding{{Exchange: ProbeExchange, Key: h.probeKey}}}, h.handleEvent)
+		Bindings: []event.Binding{{Exchange: ProbeExchange, Key: h.probeKey}}, OnResume: h.streamResumed}, h.handleEvent)
 	h.bindings = newBindings(h.sub, h.opts.Exchanges, func(delta int) { h.metrics.bindings.Add(float64(delta)) })
 	h.upgrader = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
@@ -309,6 +318,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, apierr.New(apierr.Unavailable, ReasonEventStreamNotYet, "the event stream is starting; try again"))
 		return
 	}
+	release, scope, err := h.limits.take(ident, remoteIP(r))
+	if err != nil {
+		h.metrics.refused.WithLabelValues(scope).Inc()
+		w.Header().Set("Retry-After", connRetryAfter)
+		writeError(w, r, apierr.From(err))
+		return
+	}
+	defer release()
 	h.mu.Lock()
 	if h.stopped {
 		h.mu.Unlock()

@@ -16,6 +16,8 @@ type metrics struct {
 	delivered     prometheus.Counter
 	dropped       *prometheus.CounterVec
 	disconnects   *prometheus.CounterVec
+	gaps          prometheus.Counter
+	refused       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -34,12 +36,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Event frames matched to a connection but not written, by reason (slow_consumer, disconnected)."}, []string{"reason"}),
 		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ws_disconnections_total",
 			Help: "Connections ended, by reason."}, []string{"reason"}),
+		gaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "ws_event_gaps_total",
+			Help: "Times the event stream resumed after an interruption (each told the connected clients with an events_gap frame)."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ws_connections_refused_total",
+			Help: "Upgrades refused with 429 for a full connection limit, by scope (customer, ip)."}, []string{"scope"}),
 	}
 	for _, r := range []string{dropSlowConsumer, dropDisconnected} {
 		m.dropped.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.subscriptions, m.bindings, m.received, m.delivered, m.dropped, m.disconnects)
+		reg.MustRegister(m.connections, m.subscriptions, m.bindings, m.received, m.delivered, m.dropped, m.disconnects, m.gaps, m.refused)
 	}
 	return m
 }
