@@ -102,8 +102,16 @@ func NewPrincipals(rdb *redis.Client, o PrincipalOptions) *Principals {
 			miss: p.lookups.WithLabelValues(kind, "miss")}
 	}
 	p.keyLookups, p.userLookups = resolve("key"), resolve("user")
+	live := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "api_auth_revocation_channel_up",
+		Help: "1 while the Redis revocation channel is subscribed; 0 while revocations of other instances may be missed (entries then live out their TTL)."},
+		func() float64 {
+			if p.live.Load() {
+				return 1
+			}
+			return 0
+		})
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(p.errors, p.lookups, p.received)
+		o.Registerer.MustRegister(p.errors, p.lookups, p.received, live)
 	}
 	return p
 }

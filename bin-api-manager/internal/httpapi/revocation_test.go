@@ -272,3 +272,22 @@ func TestRevocationOnOneInstanceIsEnforcedOnTheOther(t *testing.T) {
 		t.Fatalf("an unrelated token: %d", resp.StatusCode)
 	}
 }
+
+// TestUnannouncedDowngradeStopsWithinTheTTL lowers a cached user's permission behind the cache's
+// back (as when the instance that did it could not reach Redis): the token must still be refused
+// within the 5 s the cache trusts an entry, from memory as from Redis.
+func TestUnannouncedDowngradeStopsWithinTheTTL(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, options{})
+	c := h.newCustomer("acme")
+	h.must(200, "GET", "/v1.0/customer", c.token, nil) // cached in memory and Redis from here on
+	if _, err := h.db.Exec("UPDATE customer_users SET permission = 64"); err != nil {
+		t.Fatal(err)
+	}
+	changed := time.Now()
+	took := h.refusedWithin(t, 6*time.Second, c.token, "CREDENTIALS_REVOKED")
+	if took > 5*time.Second+500*time.Millisecond {
+		t.Fatalf("the downgraded user's token worked for %s", took)
+	}
+	t.Logf("refused %s after the unannounced downgrade", time.Since(changed).Round(time.Millisecond))
+}
