@@ -153,8 +153,10 @@ type sipLogHandler struct {
 	transport string // from sipgo's caller attribute, "Transport<UDP>"
 }
 
+// Enabled lets errors through whatever the level, so malformed messages (logged as errors) are
+// always counted; other records cost nothing below the level.
 func (h *sipLogHandler) Enabled(ctx context.Context, level slog.Level) bool {
-	return true // malformed messages are counted whatever the level
+	return level >= slog.LevelError || h.next.Enabled(ctx, level)
 }
 
 func (h *sipLogHandler) Handle(ctx context.Context, r slog.Record) error {
