@@ -86,6 +86,7 @@ type Service struct {
 	relay       Kicker
 	log         *slog.Logger
 	now         func() time.Time
+	prevAlive   time.Time
 
 	// Changes of one dialog are stored in order by one goroutine at a time (queues), so the SIP
 	// side never waits for the store, except for the end, which it waits to see stored.
@@ -111,12 +112,15 @@ type Params struct {
 	Forward     Forwarder
 	Relay       Kicker
 	Log         *slog.Logger
+	// PreviousRunAlive is the last heartbeat of this node's previous run (read before this run's
+	// first beat): the last moment the dialogs it left were known alive.
+	PreviousRunAlive time.Time
 }
 
 // NewService makes the service.
 func NewService(p Params) *Service {
 	return &Service{nodeID: p.NodeID, trunkURI: p.TrunkURI, dialTimeout: p.DialTimeout, maxDuration: p.MaxDuration,
-		store: p.Store, index: p.Index, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now,
+		store: p.Store, index: p.Index, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now, prevAlive: p.PreviousRunAlive,
 		queues: map[string][]change{}}
 }
 
@@ -319,19 +323,11 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error 
 		if err != nil {
 			s.log.WarnContext(ctx, "ending an orphaned dialog over SIP failed; recording it ended", "error", err)
 		}
-		alive, aerr := s.store.Alive(ctx, d.NodeID)
+		alive, aerr := s.ownerAlive(ctx, d.NodeID)
 		if aerr != nil {
 			s.log.WarnContext(ctx, "reading when the dialog's node was last alive failed; ending it now", "error", aerr)
 		}
-		last := d.TMCreate
-		for _, t := range []time.Time{d.TMRinging, d.TMAnswered, alive} {
-			if t.After(last) {
-				last = t
-			}
-		}
-		if last.Before(e.At) {
-			e.At = last
-		}
+		e.At = lastKnownAlive(d, alive, e.At)
 	}
 	if e.By == "" {
 		e.By = callapi.HangupByLocal
@@ -352,9 +348,11 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error 
 
 // RemoteBye takes a BYE that arrived at time at for an answered dialog that no process runs (its
 // node died, and this is that node restarted or another one at its address): the peer hung up,
-// and that is recorded, by remote at the BYE's arrival. It reports whether it knew the dialog
-// (then the BYE is answered 200, else 481).
-func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at time.Time) bool {
+// and that is recorded by remote, at the BYE's arrival — unless resent says the BYE may be a
+// resend of one the dead node never answered: then it is dated the last moment the call was
+// known alive (its node's last heartbeat), since when it was sent is unknown. It reports whether
+// it knew the dialog (then the BYE is answered 200, else 481).
+func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at time.Time, resent bool) bool {
 	if s.index == nil {
 		return false
 	}
@@ -372,11 +370,42 @@ func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at time.Time)
 		return false
 	}
 	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
-	s.log.InfoContext(ctx, "BYE for a dialog no process runs: the peer hung up", "owner", d.NodeID)
+	if resent {
+		alive, err := s.ownerAlive(lctx, d.NodeID)
+		if err != nil {
+			s.log.WarnContext(ctx, "reading when the dialog's node was last alive failed; dating the end at the BYE", "error", err)
+		}
+		at = lastKnownAlive(d, alive, at)
+	}
+	s.log.InfoContext(ctx, "BYE for a dialog no process runs: the peer hung up", "owner", d.NodeID, "at", at, "resent", resent)
 	s.enqueue(ctx, id, func(cur *Dialog) ([]Emitted, error) {
 		return cur.Ended(at, End{SIPCode: 200, By: callapi.HangupByRemote}), nil
 	})
 	return true
+}
+
+// ownerAlive is when the node that ran a dialog no process runs now was last alive: its last
+// heartbeat, or for this node's own, the last heartbeat of its previous run.
+func (s *Service) ownerAlive(ctx context.Context, nodeID string) (time.Time, error) {
+	if nodeID == s.nodeID {
+		return s.prevAlive, nil
+	}
+	return s.store.Alive(ctx, nodeID)
+}
+
+// lastKnownAlive is the latest of the dialog's own times and its node's last heartbeat, but no
+// later than upTo.
+func lastKnownAlive(d *Dialog, heartbeat, upTo time.Time) time.Time {
+	last := d.TMCreate
+	for _, t := range []time.Time{d.TMRinging, d.TMAnswered, heartbeat} {
+		if t.After(last) {
+			last = t
+		}
+	}
+	if last.Before(upTo) {
+		return last
+	}
+	return upTo
 }
 
 // Get reads a dialog.

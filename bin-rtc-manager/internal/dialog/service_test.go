@@ -439,14 +439,26 @@ func TestRemoteBye(t *testing.T) {
 		Dialog{CallID: "ringing", NodeID: "dead", State: StateRinging})
 	svc := NewService(Params{NodeID: "me", Store: store, Index: sipIndex{"s1": "talking", "s2": "ringing"},
 		Phone: &fakePhone{}, Relay: &kicks{}, Log: testenv.Logger(t)})
-	if svc.RemoteBye(context.Background(), "unknown", at) || svc.RemoteBye(context.Background(), "s2", at) {
+	if svc.RemoteBye(context.Background(), "unknown", at, false) || svc.RemoteBye(context.Background(), "s2", at, false) {
 		t.Error("RemoteBye() took a BYE for an unknown or unanswered dialog")
 	}
-	if !svc.RemoteBye(context.Background(), "s1", at) {
+	if !svc.RemoteBye(context.Background(), "s1", at, false) {
 		t.Fatal("RemoteBye() = false for an answered dialog")
 	}
 	testenv.Eventually(t, 5*time.Second, "the end stored", func() bool { return len(store.ended()) == 1 })
 	if e := store.ended()[0]; e.By != callapi.HangupByRemote || !e.At.Equal(at) || e.SIPCode != 200 {
 		t.Errorf("ended = %+v, want by remote at %s", e, at)
+	}
+	// A BYE that may be a resend of one the dead node missed is dated by the node's last heartbeat.
+	beat := at.Add(-2 * time.Second)
+	store = newMemStore(Dialog{CallID: "talking", NodeID: "dead", State: StateAnswered, TMAnswered: at.Add(-3 * time.Second)})
+	store.alive = map[string]time.Time{"dead": beat}
+	svc = NewService(Params{NodeID: "me", Store: store, Index: sipIndex{"s1": "talking"}, Phone: &fakePhone{}, Relay: &kicks{}, Log: testenv.Logger(t)})
+	if !svc.RemoteBye(context.Background(), "s1", at, true) {
+		t.Fatal("RemoteBye(resent) = false for an answered dialog")
+	}
+	testenv.Eventually(t, 5*time.Second, "the end stored", func() bool { return len(store.ended()) == 1 })
+	if e := store.ended()[0]; e.By != callapi.HangupByRemote || !e.At.Equal(beat) {
+		t.Errorf("ended = %+v, want by remote at the last heartbeat %s", e, beat)
 	}
 }

@@ -79,12 +79,18 @@ type UA struct {
 	dials    *prometheus.CounterVec
 	outcomes *prometheus.CounterVec
 
-	orphanBye func(ctx context.Context, sipCallID string, at time.Time) bool
+	orphanBye func(ctx context.Context, sipCallID string, at time.Time, resent bool) bool
+	bound     time.Time // when the listeners were bound: requests sent to the address since arrive
 }
+
+// resendWindow: a UDP peer resends a request at least every T2 (4 s, RFC 3261 §17.1.2.2), so a
+// request that arrives within this long of the listeners being bound may be a resend of one sent
+// before, to whatever process had the address then.
+const resendWindow = 4*time.Second + 500*time.Millisecond
 
 // OnOrphanBye sets who takes a BYE for a dialog this UA does not run (one a dead node, or this
 // node's previous run, set up); fn reports whether it knew the dialog. Set it before Run.
-func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at time.Time) bool) {
+func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at time.Time, resent bool) bool) {
 	u.orphanBye = fn
 }
 
@@ -94,7 +100,7 @@ func NewUA(p Params) (*UA, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &UA{p: p, log: p.Log, udp: udp, tcp: tcp, sessions: map[string]*session{}}
+	u := &UA{p: p, log: p.Log, udp: udp, tcp: tcp, bound: time.Now(), sessions: map[string]*session{}}
 	bound := udp.LocalAddr().(*net.UDPAddr)
 	u.listenIP = bound.IP
 	ext := p.ExternalAddress
@@ -476,7 +482,7 @@ func (u *UA) onBye(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if cid := req.CallID(); cid != nil && u.orphanBye != nil && !u.runsSIPCall(string(*cid)) {
-		if u.orphanBye(u.base, string(*cid), at) {
+		if u.orphanBye(u.base, string(*cid), at, at.Sub(u.bound) < resendWindow) {
 			respond(tx, req, 200, "OK", u.log)
 			return
 		}
