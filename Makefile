@@ -24,7 +24,7 @@ packages := go list -m -f '{{.Dir}}/...' | sed 's|^$(CURDIR)/|./|'
 header = printf '\n==== %s ====\n' "$(1)"
 workspace = test -f go.work || { echo 'no go.work at the repository root' >&2; exit 1; }
 
-.PHONY: help run build migrate test fault bench lint fmt tidy clean
+.PHONY: help run build migrate test fault bench lint fmt tidy clean vulncheck
 
 help: ## list the targets
 	@echo 'Usage: make TARGET [VAR=value]'
@@ -79,6 +79,9 @@ lint: ## gofmt, go vet, go mod tidy -diff and govulncheck over every module
 		(cd "$$dir" && go mod tidy -diff) || { echo "  go.mod/go.sum not tidy (make tidy)"; fail=1; }; \
 	done; exit $$fail
 	@$(call header,govulncheck (offline database, deploy/local/vulncheck.sh))
+	@bash deploy/local/vulncheck.sh
+
+vulncheck: ## govulncheck over every module against the offline database (part of make lint)
 	@bash deploy/local/vulncheck.sh
 
 fmt: ## gofmt -w every module

@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +17,12 @@ import (
 // finished, the first outcome — the same status and body every time — and never a second call.
 func TestCreateWhoseRPCTimedOutKeepsItsKeyUntilTheOutcomeIsKnown(t *testing.T) {
 	h := newHarness(t, options{createTimeout: 300 * time.Millisecond})
-	h.calls.slow = make(chan struct{})
+	slow := make(chan struct{})
+	var release sync.Once
+	// Registered after the harness's cleanups, so it runs first: a failing test never leaves
+	// the stand-in's handlers blocked.
+	t.Cleanup(func() { release.Do(func() { close(slow) }) })
+	h.calls.slow = slow
 	c := h.newCustomer("acme")
 	key := "order-" + uuid.NewString()
 	body := callBody(targetSlow)
@@ -44,7 +50,7 @@ func TestCreateWhoseRPCTimedOutKeepsItsKeyUntilTheOutcomeIsKnown(t *testing.T) {
 		t.Fatalf("%d creates finished while the first is held", n)
 	}
 
-	close(h.calls.slow) // the call manager finishes the first request
+	release.Do(func() { close(slow) }) // the call manager finishes the first request
 	var first []byte
 	testenv.Eventually(t, 10*time.Second, "the first outcome", func() bool {
 		resp, b = h.do("POST", "/v1.0/calls", c.token, body, "Idempotency-Key", key)

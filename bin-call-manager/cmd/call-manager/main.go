@@ -149,6 +149,7 @@ func serve(ctx context.Context, w wiring) error {
 	work.Go(func() error { return svc.RunReaper(workCtx, w.cfg.ReaperInterval) })
 	work.Go(func() error { return svc.RunRenewer(workCtx, w.cfg.QuotaInterval) })
 	work.Go(func() error { return calls.Run(workCtx) })
+	work.Go(func() error { return svc.RunRequestPurge(workCtx, store, time.Hour) })
 	work.Go(func() error {
 		<-workCtx.Done()
 		if w.onStop != nil {

@@ -179,3 +179,40 @@ func (s *Service) replay(ctx context.Context, ids []string) ([]callapi.Call, err
 	s.Log.InfoContext(ctx, "idempotent replay of a create request; nothing dialled", "calls", len(ids))
 	return out, nil
 }
+
+// RequestRetention is how long the record of a keyed create request is kept: longer than the api
+// manager keeps its answers (24 h), so a key the api still honours is never forgotten here.
+const RequestRetention = 25 * time.Hour
+
+// RequestPurger deletes old request records.
+type RequestPurger interface {
+	// PurgeRequests deletes at most limit records created before before and says how many.
+	PurgeRequests(ctx context.Context, before time.Time, limit int) (int, error)
+}
+
+// RunRequestPurge deletes request records older than RequestRetention every interval, in
+// batches, until ctx ends. A pending record that old belongs to an attempt long dead (a lease is
+// at most callapi.MaxCreateBudget); billing's reservation expiry has freed what it held.
+func (s *Service) RunRequestPurge(ctx context.Context, p RequestPurger, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for {
+			n, err := p.PurgeRequests(ctx, time.Now().Add(-RequestRetention), 1000)
+			if err != nil {
+				if ctx.Err() == nil {
+					s.Log.WarnContext(ctx, "purging old idempotency records failed; retrying later", "error", err)
+				}
+				break
+			}
+			if n < 1000 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -181,10 +181,9 @@ func (s *CallStore) Forget(ctx context.Context, customerID, key, attempt string)
 }
 
 // PurgeRequests deletes the records of requests created before before, at most limit of them,
-// and returns how many it deleted. Pending ones are kept (their reservations may still be held).
+// and returns how many it deleted.
 func (s *CallStore) PurgeRequests(ctx context.Context, before time.Time, limit int) (int, error) {
-	res, err := s.db.ExecContext(ctx, "DELETE FROM call_requests WHERE tm_create < ? AND state = ? LIMIT ?",
-		before.UTC(), string(call.RequestCreated), limit)
+	res, err := s.db.ExecContext(ctx, "DELETE FROM call_requests WHERE tm_create < ? LIMIT ?", before.UTC(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("purge idempotency keys: %w", err)
 	}
