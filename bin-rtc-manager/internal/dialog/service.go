@@ -395,21 +395,22 @@ var resendOffsets = []time.Duration{0, 500 * time.Millisecond, 1500 * time.Milli
 // ResendOrigin is when a request that arrived at time arrival over UDP was first sent, as far as
 // can be told: it may be the k-th sending of a request first sent at arrival − offset k, if its
 // previous sending came before listening (else that would have arrived) and not before notBefore
-// (the last moment the dialog was known alive). Several k may fit; the smallest is taken (the
-// fewest sendings lost: the peer's first sending came just before the node listened). So the
-// result is off by at most one resend interval (0.5–4 s) and never later than the arrival; with
+// (the last moment the dialog was known alive). Several k may fit; the largest is taken (the
+// earliest sending), so an end is never dated later than it may have happened and a call never
+// charged for time nobody can vouch for: the result lies between the truth and notBefore. With
 // no k fitting, the request is a first sending and arrival is its time.
 func ResendOrigin(arrival, listening, notBefore time.Time) time.Time {
+	origin := arrival
 	for k := 1; k < len(resendOffsets); k++ {
 		t0 := arrival.Add(-resendOffsets[k])
 		if t0.Before(notBefore) {
 			break
 		}
 		if t0.Add(resendOffsets[k-1]).Before(listening) {
-			return t0
+			origin = t0
 		}
 	}
-	return arrival
+	return origin
 }
 
 // ownerAlive is when the node that ran a dialog no process runs now was last alive: its last

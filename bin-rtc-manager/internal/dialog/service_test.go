@@ -475,8 +475,8 @@ func TestResendOrigin(t *testing.T) {
 		{"sent at 3 while nobody listened, resent at 3.5, 4.5: the node listens from 4", 4.5, 4, 1.5, 3},
 		{"sent at 3, resent at 3.5, 4.5, 6.5: the node listens from 5", 6.5, 5, 1, 3},
 		{"the dead node was alive until 4: no resend schedule fits, a first sending", 6.5, 5, 4, 6.5},
-		{"several sendings fit: the latest one (sent at 3 or at 1: 3)", 4.5, 4, 0, 3},
-		{"sent at 4.5 just before the node listened from 4.8, resent at 5", 5, 4.8, 1, 4.5},
+		{"several sendings fit: the earliest one (sent at 3 or at 1: 1)", 4.5, 4, 0, 1},
+		{"arrived at 5, the node listens from 4.8: sent at 4.5, 3.5 or 1.5 → 1.5", 5, 4.8, 1, 1.5},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
