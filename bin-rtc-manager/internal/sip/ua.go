@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,18 +80,13 @@ type UA struct {
 	dials    *prometheus.CounterVec
 	outcomes *prometheus.CounterVec
 
-	orphanBye func(ctx context.Context, sipCallID string, at time.Time, resent bool) bool
+	orphanBye func(ctx context.Context, sipCallID string, at, listening time.Time) bool
 	bound     time.Time // when the listeners were bound: requests sent to the address since arrive
 }
 
-// resendWindow: a UDP peer resends a request at least every T2 (4 s, RFC 3261 §17.1.2.2), so a
-// request that arrives within this long of the listeners being bound may be a resend of one sent
-// before, to whatever process had the address then.
-const resendWindow = 4*time.Second + 500*time.Millisecond
-
 // OnOrphanBye sets who takes a BYE for a dialog this UA does not run (one a dead node, or this
 // node's previous run, set up); fn reports whether it knew the dialog. Set it before Run.
-func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at time.Time, resent bool) bool) {
+func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at, listening time.Time) bool) {
 	u.orphanBye = fn
 }
 
@@ -482,7 +478,11 @@ func (u *UA) onBye(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if cid := req.CallID(); cid != nil && u.orphanBye != nil && !u.runsSIPCall(string(*cid)) {
-		if u.orphanBye(u.base, string(*cid), at, at.Sub(u.bound) < resendWindow) {
+		var listening time.Time
+		if strings.EqualFold(req.Transport(), "UDP") {
+			listening = u.bound
+		}
+		if u.orphanBye(u.base, string(*cid), at, listening) {
 			respond(tx, req, 200, "OK", u.log)
 			return
 		}
