@@ -45,7 +45,14 @@ func TestLoad(t *testing.T) {
 				c.WS != (WSLimits{PerCustomer: 500, PerIP: 100}) {
 				t.Errorf("abuse limits = %d %+v %+v", c.PasswordHashConcurrency, c.LoginThrottle, c.WS)
 			}
+			if c.CallCreateTimeout != 12*time.Second {
+				t.Errorf("CallCreateTimeout = %s, want 12s", c.CallCreateTimeout)
+			}
 		}},
+		// The gateway waited 3 s for a create the call manager may work on for up to 10 s.
+		{name: "create timeout shorter than the call manager's budget", env: map[string]string{"CALL_CREATE_TIMEOUT": "3s"},
+			wantErr: []string{"CALL_CREATE_TIMEOUT", "callapi.MaxCreateBudget"}},
+		{name: "create timeout too long", env: map[string]string{"CALL_CREATE_TIMEOUT": "2m"}, wantErr: []string{"CALL_CREATE_TIMEOUT"}},
 		{name: "abuse limits", env: map[string]string{"PASSWORD_HASH_CONCURRENCY": "3", "LOGIN_FAILURES_PER_IP": "0",
 			"LOGIN_FAILURES_PER_ACCOUNT": "5", "LOGIN_FAILURE_WINDOW": "1m", "WS_MAX_CONNECTIONS_PER_CUSTOMER": "7",
 			"WS_MAX_CONNECTIONS_PER_IP": "0"},

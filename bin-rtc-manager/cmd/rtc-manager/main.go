@@ -40,6 +40,13 @@ const keyPrefix = "rtc"
 // drainTimeout bounds the graceful end of live dialogs at shutdown.
 const drainTimeout = 15 * time.Second
 
+// reapGrace is how long a started node waits before it ends the dialogs its previous run left:
+// a peer that hung up one of them while the node was down retransmits its BYE over UDP at least
+// every T2 (4 s, RFC 3261) until timer F (32 s), so within this grace the BYE reaches the node,
+// which records the true end (by remote, at the BYE) instead of sending a BYE of its own that
+// the peer, still waiting for an answer to its own, would accept.
+const reapGrace = 5 * time.Second
+
 // beatEvery is how often the node records that it is alive and checks that Redis still holds its
 // state (restoring it from memory if not). It bounds how early the end of a call is dated when its
 // node dies and the far end hangs up meanwhile.
@@ -107,7 +114,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	}
 	rpcClient := rpc.NewClient(conn, log, rpc.ClientOptions{})
 	defer rpcClient.Close()
-	svc := dialog.NewService(dialog.Params{NodeID: cfg.NodeID, TrunkURI: cfg.SIP.TelTrunkURI,
+	// The previous run's last heartbeat, read before this run's first one: the last moment the
+	// dialogs it left were known alive.
+	prevAlive, err := store.Alive(startCtx, cfg.NodeID)
+	if err != nil {
+		log.WarnContext(ctx, "reading the previous run's last heartbeat failed", "error", err)
+	}
+	svc := dialog.NewService(dialog.Params{PreviousRunAlive: prevAlive, NodeID: cfg.NodeID, TrunkURI: cfg.SIP.TelTrunkURI,
 		DialTimeout: cfg.SIP.DialTimeout, MaxDuration: cfg.SIP.MaxDuration,
 		Store: store, Index: store, Phone: ua, Forward: rtcapi.NewClient(rpcClient), Relay: relay, Log: log})
 	ua.OnOrphanBye(svc.RemoteBye)
@@ -129,14 +142,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	relayDone := make(chan error, 1)
 	go func() { relayDone <- relay.Run(relayCtx) }()
 
-	// Dialogs a previous run of this node left open are ended before new work comes in.
-	if n, err := svc.Reap(startCtx, ua.Running); err != nil {
-		log.WarnContext(ctx, "ending dialogs left by a previous run failed", "error", err)
-	} else if n > 0 {
-		log.InfoContext(ctx, "ended dialogs left by a previous run", "count", n)
-	}
-	// The heartbeat starts after the reap, which dates the ends it records by the previous
-	// run's last beat. It runs as long as the relay: dialogs ended at shutdown are restored too.
+	// Dialogs a previous run of this node left open are ended after reapGrace (see there), in
+	// the background: new dials are running dialogs, which the reap leaves alone.
+	reapDone := make(chan struct{})
+	go func() {
+		defer close(reapDone)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(reapGrace):
+		}
+		if n, err := svc.Reap(ctx, ua.Running); err != nil {
+			log.WarnContext(ctx, "ending dialogs left by a previous run failed", "error", err)
+		} else if n > 0 {
+			log.InfoContext(ctx, "ended dialogs left by a previous run", "count", n)
+		}
+	}()
+	// The heartbeat runs as long as the relay: dialogs ended at shutdown are restored too.
 	beatDone := make(chan struct{})
 	go func() { defer close(beatDone); heartbeat(relayCtx, store, log) }()
 
@@ -161,6 +183,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 	admin.Drain()
 	log.Info("shutting down: no more dials; ending live dialogs", "active", ua.Active())
 	err = work.Wait()
+	<-reapDone
 	hctx, cancelH := context.WithTimeout(context.Background(), drainTimeout)
 	if herr := ua.HangupAll(hctx); herr != nil {
 		log.Error("live dialogs did not all end cleanly", "error", herr)

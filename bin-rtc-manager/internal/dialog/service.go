@@ -86,6 +86,7 @@ type Service struct {
 	relay       Kicker
 	log         *slog.Logger
 	now         func() time.Time
+	prevAlive   time.Time
 
 	// Changes of one dialog are stored in order by one goroutine at a time (queues), so the SIP
 	// side never waits for the store, except for the end, which it waits to see stored.
@@ -111,12 +112,15 @@ type Params struct {
 	Forward     Forwarder
 	Relay       Kicker
 	Log         *slog.Logger
+	// PreviousRunAlive is the last heartbeat of this node's previous run (read before this run's
+	// first beat): the last moment the dialogs it left were known alive.
+	PreviousRunAlive time.Time
 }
 
 // NewService makes the service.
 func NewService(p Params) *Service {
 	return &Service{nodeID: p.NodeID, trunkURI: p.TrunkURI, dialTimeout: p.DialTimeout, maxDuration: p.MaxDuration,
-		store: p.Store, index: p.Index, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now,
+		store: p.Store, index: p.Index, phone: p.Phone, forward: p.Forward, relay: p.Relay, log: p.Log, now: time.Now, prevAlive: p.PreviousRunAlive,
 		queues: map[string][]change{}}
 }
 
@@ -319,19 +323,11 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error 
 		if err != nil {
 			s.log.WarnContext(ctx, "ending an orphaned dialog over SIP failed; recording it ended", "error", err)
 		}
-		alive, aerr := s.store.Alive(ctx, d.NodeID)
+		alive, aerr := s.ownerAlive(ctx, d.NodeID)
 		if aerr != nil {
 			s.log.WarnContext(ctx, "reading when the dialog's node was last alive failed; ending it now", "error", aerr)
 		}
-		last := d.TMCreate
-		for _, t := range []time.Time{d.TMRinging, d.TMAnswered, alive} {
-			if t.After(last) {
-				last = t
-			}
-		}
-		if last.Before(e.At) {
-			e.At = last
-		}
+		e.At = lastKnownAlive(d, alive, e.At)
 	}
 	if e.By == "" {
 		e.By = callapi.HangupByLocal
@@ -352,9 +348,11 @@ func (s *Service) takeOver(ctx context.Context, d *Dialog, reason string) error 
 
 // RemoteBye takes a BYE that arrived at time at for an answered dialog that no process runs (its
 // node died, and this is that node restarted or another one at its address): the peer hung up,
-// and that is recorded, by remote at the BYE's arrival. It reports whether it knew the dialog
-// (then the BYE is answered 200, else 481).
-func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at time.Time) bool {
+// and that is recorded by remote, at the time the BYE was sent. Over UDP (listening is when this
+// node started listening, zero over TCP) the BYE may be a resend of one the dead node never
+// answered; its sending time is then worked out from RFC 3261's resend schedule (ResendOrigin).
+// It reports whether it knew the dialog (then the BYE is answered 200, else 481).
+func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at, listening time.Time) bool {
 	if s.index == nil {
 		return false
 	}
@@ -372,11 +370,70 @@ func (s *Service) RemoteBye(ctx context.Context, sipCallID string, at time.Time)
 		return false
 	}
 	ctx = telemetry.WithCallID(telemetry.WithCustomerID(ctx, d.CustomerID), id)
-	s.log.InfoContext(ctx, "BYE for a dialog no process runs: the peer hung up", "owner", d.NodeID)
+	sent := at
+	if !listening.IsZero() {
+		alive, err := s.ownerAlive(lctx, d.NodeID)
+		if err != nil {
+			s.log.WarnContext(ctx, "reading when the dialog's node was last alive failed", "error", err)
+		}
+		sent = ResendOrigin(at, listening, lastKnownAlive(d, alive, at))
+	}
+	at = sent
+	s.log.InfoContext(ctx, "BYE for a dialog no process runs: the peer hung up", "owner", d.NodeID, "at", at)
 	s.enqueue(ctx, id, func(cur *Dialog) ([]Emitted, error) {
 		return cur.Ended(at, End{SIPCode: 200, By: callapi.HangupByRemote}), nil
 	})
 	return true
+}
+
+// resendOffsets are when a UDP client transaction sends a non-INVITE request, from its first
+// sending: T1 = 0.5 s doubling up to T2 = 4 s, until timer F (64·T1 = 32 s) (RFC 3261 §17.1.2.2).
+var resendOffsets = []time.Duration{0, 500 * time.Millisecond, 1500 * time.Millisecond, 3500 * time.Millisecond,
+	7500 * time.Millisecond, 11500 * time.Millisecond, 15500 * time.Millisecond, 19500 * time.Millisecond,
+	23500 * time.Millisecond, 27500 * time.Millisecond, 31500 * time.Millisecond}
+
+// ResendOrigin is when a request that arrived at time arrival over UDP was first sent, as far as
+// can be told: it may be the k-th sending of a request first sent at arrival − offset k, if its
+// previous sending came before listening (else that would have arrived) and not before notBefore
+// (the last moment the dialog was known alive). Several k may fit; the smallest is taken (the
+// fewest sendings lost: the peer's first sending came just before the node listened). So the
+// result is off by at most one resend interval (0.5–4 s) and never later than the arrival; with
+// no k fitting, the request is a first sending and arrival is its time.
+func ResendOrigin(arrival, listening, notBefore time.Time) time.Time {
+	for k := 1; k < len(resendOffsets); k++ {
+		t0 := arrival.Add(-resendOffsets[k])
+		if t0.Before(notBefore) {
+			break
+		}
+		if t0.Add(resendOffsets[k-1]).Before(listening) {
+			return t0
+		}
+	}
+	return arrival
+}
+
+// ownerAlive is when the node that ran a dialog no process runs now was last alive: its last
+// heartbeat, or for this node's own, the last heartbeat of its previous run.
+func (s *Service) ownerAlive(ctx context.Context, nodeID string) (time.Time, error) {
+	if nodeID == s.nodeID {
+		return s.prevAlive, nil
+	}
+	return s.store.Alive(ctx, nodeID)
+}
+
+// lastKnownAlive is the latest of the dialog's own times and its node's last heartbeat, but no
+// later than upTo.
+func lastKnownAlive(d *Dialog, heartbeat, upTo time.Time) time.Time {
+	last := d.TMCreate
+	for _, t := range []time.Time{d.TMRinging, d.TMAnswered, heartbeat} {
+		if t.After(last) {
+			last = t
+		}
+	}
+	if last.Before(upTo) {
+		return last
+	}
+	return upTo
 }
 
 // Get reads a dialog.

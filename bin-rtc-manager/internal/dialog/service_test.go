@@ -439,14 +439,50 @@ func TestRemoteBye(t *testing.T) {
 		Dialog{CallID: "ringing", NodeID: "dead", State: StateRinging})
 	svc := NewService(Params{NodeID: "me", Store: store, Index: sipIndex{"s1": "talking", "s2": "ringing"},
 		Phone: &fakePhone{}, Relay: &kicks{}, Log: testenv.Logger(t)})
-	if svc.RemoteBye(context.Background(), "unknown", at) || svc.RemoteBye(context.Background(), "s2", at) {
+	if svc.RemoteBye(context.Background(), "unknown", at, time.Time{}) || svc.RemoteBye(context.Background(), "s2", at, time.Time{}) {
 		t.Error("RemoteBye() took a BYE for an unknown or unanswered dialog")
 	}
-	if !svc.RemoteBye(context.Background(), "s1", at) {
+	if !svc.RemoteBye(context.Background(), "s1", at, time.Time{}) {
 		t.Fatal("RemoteBye() = false for an answered dialog")
 	}
 	testenv.Eventually(t, 5*time.Second, "the end stored", func() bool { return len(store.ended()) == 1 })
 	if e := store.ended()[0]; e.By != callapi.HangupByRemote || !e.At.Equal(at) || e.SIPCode != 200 {
 		t.Errorf("ended = %+v, want by remote at %s", e, at)
+	}
+	// Over UDP, a BYE that arrives 1.5 s after the node started listening, while the dead node
+	// was last alive 2 s before it, is the third sending of a BYE sent 3.5 s before it arrived.
+	beat := at.Add(-4 * time.Second)
+	store = newMemStore(Dialog{CallID: "talking", NodeID: "dead", State: StateAnswered, TMAnswered: at.Add(-5 * time.Second)})
+	store.alive = map[string]time.Time{"dead": beat}
+	svc = NewService(Params{NodeID: "me", Store: store, Index: sipIndex{"s1": "talking"}, Phone: &fakePhone{}, Relay: &kicks{}, Log: testenv.Logger(t)})
+	if !svc.RemoteBye(context.Background(), "s1", at, at.Add(-1500*time.Millisecond)) {
+		t.Fatal("RemoteBye(udp) = false for an answered dialog")
+	}
+	testenv.Eventually(t, 5*time.Second, "the end stored", func() bool { return len(store.ended()) == 1 })
+	if e := store.ended()[0]; e.By != callapi.HangupByRemote || !e.At.Equal(at.Add(-3500*time.Millisecond)) {
+		t.Errorf("ended = %+v, want by remote at the BYE's first sending %s", e, at.Add(-3500*time.Millisecond))
+	}
+}
+
+func TestResendOrigin(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	tests := []struct {
+		name                            string
+		arrival, listening, alive, want float64
+	}{
+		{"first sending, long after the node listens", 8, 1.5, 0, 8},
+		{"sent at 3 while nobody listened, resent at 3.5, 4.5: the node listens from 4", 4.5, 4, 1.5, 3},
+		{"sent at 3, resent at 3.5, 4.5, 6.5: the node listens from 5", 6.5, 5, 1, 3},
+		{"the dead node was alive until 4: no resend schedule fits, a first sending", 6.5, 5, 4, 6.5},
+		{"several sendings fit: the latest one (sent at 3 or at 1: 3)", 4.5, 4, 0, 3},
+		{"sent at 4.5 just before the node listened from 4.8, resent at 5", 5, 4.8, 1, 4.5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := ResendOrigin(at(tt.arrival), at(tt.listening), at(tt.alive)); !got.Equal(at(tt.want)) {
+				t.Errorf("ResendOrigin() = %s, want %s", got.Sub(t0), at(tt.want).Sub(t0))
+			}
+		})
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,12 +80,13 @@ type UA struct {
 	dials    *prometheus.CounterVec
 	outcomes *prometheus.CounterVec
 
-	orphanBye func(ctx context.Context, sipCallID string, at time.Time) bool
+	orphanBye func(ctx context.Context, sipCallID string, at, listening time.Time) bool
+	bound     time.Time // when the listeners were bound: requests sent to the address since arrive
 }
 
 // OnOrphanBye sets who takes a BYE for a dialog this UA does not run (one a dead node, or this
 // node's previous run, set up); fn reports whether it knew the dialog. Set it before Run.
-func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at time.Time) bool) {
+func (u *UA) OnOrphanBye(fn func(ctx context.Context, sipCallID string, at, listening time.Time) bool) {
 	u.orphanBye = fn
 }
 
@@ -94,7 +96,7 @@ func NewUA(p Params) (*UA, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &UA{p: p, log: p.Log, udp: udp, tcp: tcp, sessions: map[string]*session{}}
+	u := &UA{p: p, log: p.Log, udp: udp, tcp: tcp, bound: time.Now(), sessions: map[string]*session{}}
 	bound := udp.LocalAddr().(*net.UDPAddr)
 	u.listenIP = bound.IP
 	ext := p.ExternalAddress
@@ -476,7 +478,11 @@ func (u *UA) onBye(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if cid := req.CallID(); cid != nil && u.orphanBye != nil && !u.runsSIPCall(string(*cid)) {
-		if u.orphanBye(u.base, string(*cid), at) {
+		var listening time.Time
+		if strings.EqualFold(req.Transport(), "UDP") {
+			listening = u.bound
+		}
+		if u.orphanBye(u.base, string(*cid), at, listening) {
 			respond(tx, req, 200, "OK", u.log)
 			return
 		}
