@@ -5,12 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/redis/go-redis/v9"
 
 	"voipbin/pkg/amqp"
 	"voipbin/pkg/apierr"
@@ -125,6 +129,16 @@ func TestTypedErrorsCrossTheWireIntact(t *testing.T) {
 		},
 		"POST /v1/panic": func(context.Context, *rpc.Request) (*rpc.Response, error) { panic("boom") },
 		"POST /v1/echo":  echo,
+		// A dependency that is down: a real Redis client's error against a closed port, and a
+		// MySQL deadlock. The edge answers SERVICE_UNAVAILABLE (503), not INTERNAL.
+		"GET /v1/redis-down": func(ctx context.Context, _ *rpc.Request) (*rpc.Response, error) {
+			rdb := redis.NewClient(&redis.Options{Addr: closedPort(t), MaxRetries: -1, DialTimeout: time.Second})
+			defer rdb.Close()
+			return nil, fmt.Errorf("load dialog: %w", rdb.Get(ctx, "dialog:x").Err())
+		},
+		"POST /v1/deadlock": func(context.Context, *rpc.Request) (*rpc.Response, error) {
+			return nil, fmt.Errorf("charge: %w", &mysql.MySQLError{Number: 1213, Message: "Deadlock found when trying to get lock"})
+		},
 	})
 	client := newClient(t, conn, rpc.ClientOptions{})
 
@@ -137,6 +151,8 @@ func TestTypedErrorsCrossTheWireIntact(t *testing.T) {
 		{"typed", "POST", "/v1/pay", nil, apierr.PaymentRequired, "INSUFFICIENT_BALANCE"},
 		{"untyped is internal", "POST", "/v1/plain", nil, apierr.Internal, apierr.ReasonInternal},
 		{"panic is internal", "POST", "/v1/panic", nil, apierr.Internal, apierr.ReasonInternal},
+		{"redis down is unavailable", "GET", "/v1/redis-down", nil, apierr.Unavailable, apierr.ReasonServiceUnavailable},
+		{"deadlock is unavailable", "POST", "/v1/deadlock", nil, apierr.Unavailable, apierr.ReasonServiceUnavailable},
 		{"unknown route", "GET", "/v1/nothing", nil, apierr.NotFound, apierr.ReasonRouteNotFound},
 		{"wrong method", "DELETE", "/v1/pay", nil, apierr.MethodNotAllowed, apierr.ReasonMethodNotAllowed},
 		{"unknown field", "POST", "/v1/echo", map[string]any{"n": 1, "extra": true}, apierr.InvalidArgument, apierr.ReasonInvalidJSONBody},
@@ -406,4 +422,16 @@ func TestForcedConnectionCloseReconnects(t *testing.T) {
 			t.Fatalf("call %d after reconnect: %v", i, err)
 		}
 	}
+}
+
+// closedPort is a loopback address with nothing listening on it.
+func closedPort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	return addr
 }
