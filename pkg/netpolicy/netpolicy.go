@@ -1,7 +1,7 @@
 // Package netpolicy is the outbound address policy the platform applies to addresses a customer
-// chooses (SIP destinations): loopback, private, link-local, unique-local, CGNAT, multicast,
+// chooses (SIP destinations, webhook targets): loopback, private, link-local, unique-local, CGNAT, multicast,
 // unspecified, reserved and cloud-metadata ranges, and every IPv6 form that embeds an IPv4 address
-// (mapped, compatible, NAT64, 6to4, Teredo, SIIT), are refused unless the operator allowed them;
+// (mapped, compatible, NAT64, 6to4, Teredo, SIIT, ISATAP), are refused unless the operator allowed them;
 // some addresses (the platform's own services, a trunk) are refused even then. A host name is
 // resolved and every address it resolves to must pass, and the caller connects to the checked
 // address, never to the name again.
@@ -98,6 +98,13 @@ var embedsV4 = mustPrefixes(
 	"2001::/32",       // Teredo (the client's IPv4 address, obfuscated)
 )
 
+// isatap reports whether ip has an ISATAP interface identifier (RFC 5214: 0000:5efe or 0200:5efe
+// followed by an IPv4 address), whatever its /64 prefix.
+func isatap(ip netip.Addr) bool {
+	b := ip.As16()
+	return (b[8] == 0x00 || b[8] == 0x02) && b[9] == 0x00 && b[10] == 0x5e && b[11] == 0xfe
+}
+
 // Check returns nil if ip may be reached, else an error wrapping ErrForbidden that says why.
 func (p *Policy) Check(ip netip.Addr) error {
 	ip = ip.Unmap().WithZone("")
@@ -142,6 +149,9 @@ func forbiddenReason(ip netip.Addr) string {
 			if pre.Contains(ip) {
 				return "an IPv6 address embedding an IPv4 address (" + pre.String() + ")"
 			}
+		}
+		if isatap(ip) {
+			return "an ISATAP address embedding an IPv4 address"
 		}
 	}
 	for _, pre := range reserved {

@@ -54,6 +54,8 @@ func TestCheck(t *testing.T) {
 		{"64:ff9b:1::a00:1", nil, false},                     // local-use NAT64
 		{"2002:a9fe:a9fe::1", nil, false},                    // 6to4
 		{"2001:0:4136:e378:8000:63bf:3fff:fdd2", nil, false}, // Teredo
+		{"2001:db9::5efe:a00:1", nil, false},                 // ISATAP of 10.0.0.1
+		{"2001:db9::200:5efe:5db8:d822", nil, false},         // ISATAP (global bit) of a public address
 		{"127.0.0.1", loop, true},
 		{"::ffff:127.0.0.1", loop, true},
 		{"::1", loop, true},

@@ -104,6 +104,12 @@ func (g *destinationGuard) check(ctx context.Context, host string, port int) (ne
 			}
 		}
 	}
+	// Like sipgo's own lookup, an IPv4 address is preferred.
+	for _, ap := range aps {
+		if ap.Addr().Is4() {
+			return ap, nil
+		}
+	}
 	return aps[0], nil
 }
 

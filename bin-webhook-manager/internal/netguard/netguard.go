@@ -1,7 +1,8 @@
 // Package netguard is the webhook manager's SSRF guard: it refuses webhook targets in private,
 // loopback, link-local, unique-local, CGNAT, multicast, reserved and cloud-metadata ranges, and
 // every IPv6 form that embeds an IPv4 address (compatible, mapped, SIIT, NAT64, 6to4, Teredo,
-// ISATAP), unless the operator allowed them (WEBHOOK_ALLOWED_NETWORKS). It checks twice: when a webhook is
+// ISATAP), unless the operator allowed them (WEBHOOK_ALLOWED_NETWORKS); the ranges are
+// pkg/netpolicy's, shared with the SIP destination policy. It checks twice: when a webhook is
 // written (the URI's host is resolved and every address checked) and again on every connection
 // (a net.Dialer Control function sees the address actually dialled, which defeats DNS rebinding
 // and redirects to a private address).
@@ -13,9 +14,11 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strings"
 	"syscall"
 
 	"voipbin/bin-webhook-manager/internal/webhook"
+	"voipbin/pkg/netpolicy"
 )
 
 // Resolver looks host names up (net.DefaultResolver in production).
@@ -23,9 +26,10 @@ type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
-// Guard decides which addresses webhooks may reach.
+// Guard decides which addresses webhooks may reach. The ranges themselves are pkg/netpolicy's,
+// the one address policy of the platform (SIP destinations use it too).
 type Guard struct {
-	allowed  []netip.Prefix
+	policy   *netpolicy.Policy
 	resolver Resolver
 }
 
@@ -34,101 +38,15 @@ func New(allowed []netip.Prefix, resolver Resolver) *Guard {
 	if resolver == nil {
 		resolver = net.DefaultResolver
 	}
-	return &Guard{allowed: allowed, resolver: resolver}
+	return &Guard{policy: netpolicy.New(netpolicy.Options{Allowed: allowed, Resolver: resolver}), resolver: resolver}
 }
-
-func mustPrefixes(s ...string) []netip.Prefix {
-	out := make([]netip.Prefix, len(s))
-	for i, p := range s {
-		out[i] = netip.MustParsePrefix(p)
-	}
-	return out
-}
-
-// forbidden are the ranges a webhook may not reach by default, beyond what netip's predicates
-// (loopback, private, link-local, multicast, unspecified) already cover.
-var forbidden = mustPrefixes(
-	"0.0.0.0/8",          // "this network"
-	"100.64.0.0/10",      // CGNAT (RFC 6598)
-	"192.0.0.0/24",       // IETF protocol assignments
-	"192.0.2.0/24",       // TEST-NET-1
-	"198.18.0.0/15",      // benchmarking
-	"198.51.100.0/24",    // TEST-NET-2
-	"203.0.113.0/24",     // TEST-NET-3
-	"240.0.0.0/4",        // reserved, and 255.255.255.255
-	"169.254.169.254/32", // cloud metadata (also link-local)
-	"fd00:ec2::254/128",  // AWS metadata over IPv6 (also unique-local)
-	"100::/64",           // discard-only
-	"2001:db8::/32",      // documentation
-)
-
-// embedsV4 are the IPv6 ranges whose addresses carry an IPv4 address: through them one could reach
-// a refused IPv4 host (a NAT64 gateway, a 6to4 relay, a stack that still routes IPv4-compatible
-// addresses), so they are refused as a whole, whatever the IPv4 address inside. IPv4-mapped
-// addresses (::ffff:a.b.c.d) are unmapped first and checked as the IPv4 address they are.
-var embedsV4 = mustPrefixes(
-	"::/96",           // IPv4-compatible (deprecated), e.g. ::a9fe:a9fe = ::169.254.169.254
-	"::ffff:0:0:0/96", // SIIT IPv4-translated, ::ffff:0:a.b.c.d
-	"64:ff9b::/96",    // NAT64 well-known prefix
-	"64:ff9b:1::/48",  // NAT64 local-use
-	"2002::/16",       // 6to4
-	"2001::/32",       // Teredo (the client's IPv4 address, obfuscated)
-)
 
 // Check returns nil if ip may be reached, else an error wrapping webhook.ErrTargetForbidden.
 func (g *Guard) Check(ip netip.Addr) error {
-	ip = ip.Unmap().WithZone("")
-	for _, p := range g.allowed {
-		if p.Contains(ip) {
-			return nil
-		}
-	}
-	if reason := forbiddenReason(ip); reason != "" {
-		return fmt.Errorf("%w: %s is %s", webhook.ErrTargetForbidden, ip, reason)
+	if err := g.policy.Check(ip); err != nil {
+		return fmt.Errorf("%w: %s", webhook.ErrTargetForbidden, strings.TrimPrefix(err.Error(), netpolicy.ErrForbidden.Error()+": "))
 	}
 	return nil
-}
-
-// isatap reports whether ip has an ISATAP interface identifier (RFC 5214: 0000:5efe or 0200:5efe
-// followed by an IPv4 address), whatever its /64 prefix.
-func isatap(ip netip.Addr) bool {
-	b := ip.As16()
-	return (b[8] == 0x00 || b[8] == 0x02) && b[9] == 0x00 && b[10] == 0x5e && b[11] == 0xfe
-}
-
-func forbiddenReason(ip netip.Addr) string {
-	switch {
-	case !ip.IsValid():
-		return "not an address"
-	case ip.IsLoopback():
-		return "a loopback address"
-	case ip.IsPrivate():
-		return "a private address"
-	case ip == netip.MustParseAddr("169.254.169.254"), ip == netip.MustParseAddr("fd00:ec2::254"):
-		return "a cloud metadata address"
-	case ip.IsLinkLocalUnicast(), ip.IsLinkLocalMulticast(), ip.IsInterfaceLocalMulticast():
-		return "a link-local address"
-	case ip.IsMulticast():
-		return "a multicast address"
-	case ip.IsUnspecified():
-		return "the unspecified address"
-	}
-	if ip.Is6() {
-		for _, p := range embedsV4 {
-			if p.Contains(ip) {
-				return "an IPv6 address embedding an IPv4 address (" + p.String() + ")"
-			}
-		}
-		if isatap(ip) {
-			return "an ISATAP address embedding an IPv4 address"
-		}
-	}
-	for _, p := range forbidden {
-		if p.Contains(ip) {
-			return "in the reserved range " + p.String()
-		}
-	}
-	return ""
 }
 
 // CheckTarget resolves the host of uri and checks every address it resolves to. A host that does
