@@ -109,7 +109,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stderr 
 
 	authenticator := httpauth.New(ids)
 	events := ws.NewHandler(ws.Deps{Conn: conn, Log: log, Registerer: reg,
-		Auth: ws.AuthFunc(func(r *http.Request) (ws.Identity, error) { return wsIdentity(ids, authenticator, r) }),
+		Auth:   ws.AuthFunc(func(r *http.Request) (ws.Identity, error) { return wsIdentity(ids, authenticator, r) }),
+		Leases: cache.NewLeases(rdb, "api:wsconn:", 30*time.Second),
 		Options: ws.Options{RevalidateInterval: cfg.WSCredentialCheckInterval,
 			MaxConnectionsPerCustomer: cfg.WS.PerCustomer, MaxConnectionsPerIP: cfg.WS.PerIP}})
 	// A revocation announced by any instance re-checks this instance's sockets at once.

@@ -1,8 +1,9 @@
 // Package cache is the api manager's use of Redis: the authentication cache of access keys and
 // users with its revocation channel (Principals), idempotency records of POST /v1.0/calls, and the
-// GCRA rate limiter. Redis is only a cache: the authentication cache degrades to "not cached"
-// when Redis cannot answer (look-ups go to MySQL); the idempotency store and the limiter return
-// the error so their callers choose (refuse, or fail open). Losing the idempotency records
+// GCRA rate limiter, the failed-login counter and the WebSocket connection leases. Redis is only a
+// cache: the authentication cache degrades to "not cached" when Redis cannot answer (look-ups go
+// to MySQL); the idempotency store, the limiter, the counter and the leases return the error so
+// their callers choose (refuse, or count in process). Losing the idempotency records
 // places no call twice: the call manager keeps every key too (call_requests) and answers a
 // repeated key with the calls it made.
 package cache
@@ -219,6 +220,89 @@ func (f *Failures) Add(ctx context.Context, key string, window time.Duration) (i
 func (f *Failures) Undo(ctx context.Context, key string) error {
 	if err := undoScript.Run(ctx, f.rdb, []string{f.prefix + key}).Err(); err != nil {
 		return fmt.Errorf("uncount %s: %w", key, err)
+	}
+	return nil
+}
+
+// Leases count live holders per key across instances (WebSocket connections per customer and
+// per client address): each key is a sorted set of holder → lease end (Unix ms). A holder renews
+// its lease while it lives; one whose instance died stops renewing and drops out when its lease
+// ends, so a crash leaks a slot for at most one lease.
+type Leases struct {
+	rdb    redis.Cmdable
+	prefix string
+	ttl    time.Duration
+}
+
+// NewLeases makes the counter; keys start with prefix, leases last ttl.
+func NewLeases(rdb redis.Cmdable, prefix string, ttl time.Duration) *Leases {
+	return &Leases{rdb: rdb, prefix: prefix, ttl: ttl}
+}
+
+// TTL is how long a lease lasts unrenewed.
+func (l *Leases) TTL() time.Duration { return l.ttl }
+
+// acquireScript drops ended leases, then adds ARGV[3] to every key (lease end ARGV[2]) unless one
+// of them already holds its limit (ARGV[4+i]; 0: none): it returns 0 when taken, i when KEYS[i]
+// is full. All keys or none.
+var acquireScript = redis.NewScript(`
+local now, ends, member = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+for i, k in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local limit = tonumber(ARGV[3 + i])
+  if limit > 0 and not redis.call('ZSCORE', k, member) and redis.call('ZCARD', k) >= limit then
+    return i
+  end
+end
+for _, k in ipairs(KEYS) do
+  redis.call('ZADD', k, ends, member)
+  redis.call('PEXPIREAT', k, ends)
+end
+return 0`)
+
+// Acquire takes a lease for member on every key, each holding at most its limit (0: no limit).
+// full is -1 when taken, or the index of the key that is full (nothing taken then).
+func (l *Leases) Acquire(ctx context.Context, keys []string, limits []int, member string) (full int, err error) {
+	now := time.Now()
+	args := []any{now.UnixMilli(), now.Add(l.ttl).UnixMilli(), member}
+	fullKeys := make([]string, len(keys))
+	for i, k := range keys {
+		fullKeys[i] = l.prefix + k
+		args = append(args, limits[i])
+	}
+	n, err := acquireScript.Run(ctx, l.rdb, fullKeys, args...).Int()
+	if err != nil {
+		return -1, fmt.Errorf("lease %v: %w", keys, err)
+	}
+	return n - 1, nil
+}
+
+// Renew extends member's leases on keys.
+func (l *Leases) Renew(ctx context.Context, keys []string, member string) error {
+	until := time.Now().Add(l.ttl)
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.ZAddXX(ctx, l.prefix+k, redis.Z{Score: float64(until.UnixMilli()), Member: member})
+			p.PExpireAt(ctx, l.prefix+k, until)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("renew lease %v: %w", keys, err)
+	}
+	return nil
+}
+
+// Release gives member's leases on keys back.
+func (l *Leases) Release(ctx context.Context, keys []string, member string) error {
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.ZRem(ctx, l.prefix+k, member)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("release lease %v: %w", keys, err)
 	}
 	return nil
 }

@@ -164,3 +164,59 @@ func TestFailures(t *testing.T) {
 		t.Fatal("Add with Redis down: no error")
 	}
 }
+
+func TestLeases(t *testing.T) {
+	ctx := context.Background()
+	rdb := testenv.Redis(t)
+	prefix := testenv.Name("lease") + ":"
+	t.Cleanup(func() { rdb.Del(context.Background(), prefix+"c", prefix+"ip", prefix+"ip2") })
+	l := cache.NewLeases(rdb, prefix, time.Second)
+	take := func(member string, keys ...string) int {
+		t.Helper()
+		limits := map[string]int{"c": 2, "ip": 3, "ip2": 3}
+		var ls []int
+		for _, k := range keys {
+			ls = append(ls, limits[k])
+		}
+		full, err := l.Acquire(ctx, keys, ls, member)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return full
+	}
+	if take("a", "c", "ip") != -1 || take("b", "c", "ip") != -1 {
+		t.Fatal("the first two leases were refused")
+	}
+	if got := take("c", "c", "ip"); got != 0 {
+		t.Fatalf("third lease on a key of limit 2: full=%d, want 0", got)
+	}
+	if n, _ := rdb.ZCard(ctx, prefix+"ip").Result(); n != 2 {
+		t.Fatalf("a refused lease was taken on the other key: %d members", n)
+	}
+	if take("x", "ip2") != -1 || take("y", "ip2") != -1 || take("z", "ip2") != -1 || take("w", "ip2") != 0 {
+		t.Fatal("limit 3 not held on ip2")
+	}
+	if err := l.Release(ctx, []string{"c", "ip"}, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := take("c", "c", "ip"); got != -1 {
+		t.Fatalf("after a release: full=%d, want taken", got)
+	}
+	// b is renewed, c is not: once the lease time has passed only c's slot is free again.
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if err := l.Renew(ctx, []string{"c", "ip"}, "b"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond) // renewing at a pace, as the holder does
+	}
+	if got := take("d", "c", "ip"); got != -1 {
+		t.Fatalf("an unrenewed lease did not end: full=%d", got)
+	}
+	if got := take("e", "c", "ip"); got != 0 {
+		t.Fatalf("the renewed lease ended: full=%d, want the key full", got)
+	}
+	if _, err := cache.NewLeases(deadRedis(t), prefix, time.Second).Acquire(ctx, []string{"c"}, []int{1}, "m"); err == nil {
+		t.Fatal("Acquire with Redis down: no error")
+	}
+}

@@ -138,6 +138,9 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	Auth       Authenticator
 	Options    Options
+	// Leases, when set, count connections across every instance for the connection caps (Redis);
+	// without it each instance caps its own.
+	Leases ConnLeases
 }
 
 // Handler serves GET /v1.0/ws; Run consumes the events it fans out.
@@ -172,7 +175,8 @@ func NewHandler(d Deps) *Handler {
 	h := &Handler{opts: d.Options.withDefaults(), log: log, auth: d.Auth, conn: d.Conn,
 		metrics: newMetrics(d.Registerer), hub: newHub(), conns: map[*conn]struct{}{},
 		probeKey: "api-manager.ws.probe." + telemetry.NewRequestID(), revalidate: make(chan struct{}, 1)}
-	h.limits = newConnLimits(h.opts.MaxConnectionsPerCustomer, h.opts.MaxConnectionsPerIP)
+	h.limits = newConnLimits(h.opts.MaxConnectionsPerCustomer, h.opts.MaxConnectionsPerIP, d.Leases, log,
+		h.metrics.leaseErrors.Inc)
 	// The probe binding lets Run learn, by a mandatory publish, that the queue exists and is bound.
 	// It lives on an exchange of its own: other services bind "#" on call.events, so a probe there
 	// would be routed before this queue exists.
@@ -318,7 +322,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, apierr.New(apierr.Unavailable, ReasonEventStreamNotYet, "the event stream is starting; try again"))
 		return
 	}
-	release, scope, err := h.limits.take(ident, remoteIP(r))
+	release, scope, err := h.limits.take(ctx, ident, remoteIP(r))
 	if err != nil {
 		h.metrics.refused.WithLabelValues(scope).Inc()
 		w.Header().Set("Retry-After", connRetryAfter)

@@ -10,6 +10,10 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
+	"github.com/redis/go-redis/v9"
+
+	"voipbin/bin-api-manager/internal/cache"
+	"voipbin/pkg/testenv"
 )
 
 // TestConnectionLimits: past the per-customer or per-address cap an upgrade is refused with 429,
@@ -80,4 +84,57 @@ func TestConnectionLimits(t *testing.T) {
 		newClient(t, ws)
 		return true
 	})
+}
+
+// TestConnectionLimitsAcrossInstances: with leases in Redis two instances share the caps; with
+// Redis down an instance caps its own connections instead of lifting the caps.
+func TestConnectionLimitsAcrossInstances(t *testing.T) {
+	rdb := testenv.Redis(t)
+	prefix := testenv.Name("wslease") + ":"
+	t.Cleanup(func() {
+		keys, _ := rdb.Keys(context.Background(), prefix+"*").Result()
+		if len(keys) > 0 {
+			rdb.Del(context.Background(), keys...)
+		}
+	})
+	leases := cache.NewLeases(rdb, prefix, 3*time.Second)
+	opts := Options{MaxConnectionsPerCustomer: 2, MaxConnectionsPerIP: 100}
+	shared := func(h *Handler) { h.limits.leases = leases }
+	a := newStackOn(t, testenv.Rabbit(t), opts, shared)
+	b := newStackOn(t, testenv.Rabbit(t), opts, shared)
+	cust := uuid.NewString()
+	a.dial(t, "cust:"+cust)
+	b.dial(t, "cust:"+cust)
+	for name, s := range map[string]*stack{"a": a, "b": b} {
+		ws, resp, err := s.tryDial("cust:"+cust, nil)
+		if err == nil {
+			_ = ws.Close()
+			t.Fatalf("instance %s accepted the customer's third connection (cap 2 across instances)", name)
+		}
+		if resp == nil || resp.StatusCode != 429 {
+			t.Fatalf("instance %s: %v %+v, want 429", name, err, resp)
+		}
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	dead := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = dead.Close() })
+	c := newStackOn(t, testenv.Rabbit(t), opts, func(h *Handler) { h.limits.leases = cache.NewLeases(dead, prefix, time.Second) })
+	other := uuid.NewString()
+	c.dial(t, "cust:"+other)
+	c.dial(t, "cust:"+other)
+	if ws, resp, err := c.tryDial("cust:"+other, nil); err == nil || resp == nil || resp.StatusCode != 429 {
+		if ws != nil {
+			_ = ws.Close()
+		}
+		t.Fatalf("with Redis down the third connection was not refused: %v", err)
+	}
+	if got := c.metric(t, "ws_connection_lease_errors_total"); got < 2 {
+		t.Fatalf("ws_connection_lease_errors_total = %v, want the failures counted", got)
+	}
 }

@@ -18,6 +18,7 @@ type metrics struct {
 	disconnects   *prometheus.CounterVec
 	gaps          prometheus.Counter
 	refused       *prometheus.CounterVec
+	leaseErrors   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -40,12 +41,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Times the event stream resumed after an interruption (each told the connected clients with an events_gap frame)."}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ws_connections_refused_total",
 			Help: "Upgrades refused with 429 for a full connection limit, by scope (customer, ip)."}, []string{"scope"}),
+		leaseErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "ws_connection_lease_errors_total",
+			Help: "Connection lease operations (Redis) that failed; connections are then capped per instance."}),
 	}
 	for _, r := range []string{dropSlowConsumer, dropDisconnected} {
 		m.dropped.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.subscriptions, m.bindings, m.received, m.delivered, m.dropped, m.disconnects, m.gaps, m.refused)
+		reg.MustRegister(m.connections, m.subscriptions, m.bindings, m.received, m.delivered, m.dropped, m.disconnects, m.gaps, m.refused, m.leaseErrors)
 	}
 	return m
 }
