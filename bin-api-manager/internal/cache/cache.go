@@ -234,8 +234,11 @@ type Leases struct {
 	ttl    time.Duration
 }
 
-// NewLeases makes the counter; keys start with prefix, leases last ttl.
+// NewLeases makes the counter; keys start with prefix, leases last ttl (30 s if not positive).
 func NewLeases(rdb redis.Cmdable, prefix string, ttl time.Duration) *Leases {
+	if ttl <= 0 {
+		ttl = 30 * time.Second
+	}
 	return &Leases{rdb: rdb, prefix: prefix, ttl: ttl}
 }
 
