@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 func TestLoggerCarriesContextIDs(t *testing.T) {
@@ -72,5 +75,51 @@ func TestAdminReadyz(t *testing.T) {
 	}
 	if got := get("/metrics"); got != 200 {
 		t.Fatalf("metrics = %d, want 200", got)
+	}
+}
+
+// A connection that was opened but never sent a request (a probe that gave up, a client's spare
+// connection) must not hold the stop back: net/http counts it as idle only after 5 s.
+func TestAdminStopsPromptlyWithASilentConnection(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close()
+	a := NewAdmin(addr, NewRegistry(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	var c net.Conn
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if c, err = net.Dial("tcp", addr); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("admin server never listened: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	defer c.Close()
+	// The connection is accepted once the server answers a request on another one.
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil on a clean stop", err)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("stop took %s with a silent connection open, want about 1 s", took)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10 s of its ctx ending")
 	}
 }
