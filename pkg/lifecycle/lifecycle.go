@@ -45,7 +45,11 @@ func Run(ctx context.Context, log *slog.Logger, p Parts) error {
 		trailing.Go(func() error { return t(trailCtx) })
 	}
 
-	work, workCtx := errgroup.WithContext(ctx)
+	// The work is stopped explicitly too: when a trailing part fails, the watcher below may see
+	// stopWork first and return nil, which would leave workCtx running.
+	workParent, cancelWork := context.WithCancel(ctx)
+	defer cancelWork()
+	work, workCtx := errgroup.WithContext(workParent)
 	for _, t := range p.Work {
 		work.Go(func() error { return t(workCtx) })
 	}
@@ -67,6 +71,7 @@ func Run(ctx context.Context, log *slog.Logger, p Parts) error {
 	p.Admin.Drain()
 	log.Info("shutting down: finishing work in flight")
 	close(stopWork)
+	cancelWork()
 	err := work.Wait()
 	stopTrailing()
 	if terr := trailing.Wait(); terr != nil || errors.Is(err, errTrailingStopped) {
