@@ -53,7 +53,7 @@ test: ## go test -race in every module (starts MariaDB, Redis, RabbitMQ first)
 
 FAULT_TIMEOUT ?= 20m
 
-fault: ## fault test (~10 min): kill each part under load on own MariaDB/RabbitMQ/Redis, check the invariants
+fault: ## fault test (4-8 min): kill each part under load on own MariaDB/RabbitMQ/Redis, check the invariants
 	@$(workspace)
 	@$(call header,$(strip VOIPBIN_FAULT=1 go test -race -count=1 -v -run '^TestFault$$' ./e2e/))
 	@VOIPBIN_FAULT=1 go test -race -count=1 -timeout $(FAULT_TIMEOUT) -v -run '^TestFault$$' $(TESTFLAGS) ./e2e/
