@@ -3,8 +3,10 @@ package event_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"voipbin/pkg/amqp"
+	"voipbin/pkg/apierr"
 	"voipbin/pkg/event"
 	"voipbin/pkg/testenv"
 )
@@ -357,4 +360,54 @@ func waitBound(t *testing.T, conn *amqp.Conn, queue string) {
 		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 		return err == nil && q.Consumers > 0 // the subscriber binds before it consumes
 	})
+}
+
+// A handler whose dependency is down (the database gone, another service answering
+// SERVICE_UNAVAILABLE) is retried past MaxAttempts until the dependency is back: an outage longer
+// than a few retries must not dead-letter the event (a charge, a state change) it says nothing about.
+func TestOutageIsRetriedUntilItEndsNotDeadLettered(t *testing.T) {
+	conn := testenv.Rabbit(t)
+	exchange := testenv.Name("ex")
+	queue := testenv.Name("q")
+	const outageAttempts = 8 // well past MaxAttempts
+	var calls atomic.Int32
+	done := make(chan struct{})
+	sub := event.NewSubscriber(conn, testenv.Logger(t), event.SubscriberOptions{
+		Queue: queue, Bindings: []event.Binding{{Exchange: exchange, Key: "#"}},
+		MaxAttempts: 3, Backoff: 5 * time.Millisecond,
+	}, func(ctx context.Context, ev event.Event) error {
+		switch n := calls.Add(1); {
+		case n <= outageAttempts/2:
+			return fmt.Errorf("charge the call: %w", driver.ErrBadConn) // the database went away
+		case n <= outageAttempts:
+			return apierr.New(apierr.Unavailable, apierr.ReasonServiceUnavailable, "billing is down")
+		default:
+			close(done)
+			return nil
+		}
+	})
+	runSubscriber(t, sub)
+	waitBound(t, conn, queue)
+	ev := newEvent(t, "call.ended", 1)
+	b, _ := json.Marshal(ev)
+	if err := conn.Publish(context.Background(), exchange, event.RoutingKey(ev.CustomerID, ev.EventType),
+		amqp.Publishing{Body: b, MessageId: ev.EventID}, amqp.PublishOptions{Mandatory: true}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the event was tried %d times and never handled after the outage", calls.Load())
+	}
+	ch, err := conn.Channel(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	if _, ok, _ := ch.Get(event.DeadQueue(queue), true); ok {
+		t.Fatal("the event was dead-lettered during the outage")
+	}
+	if got := calls.Load(); got != outageAttempts+1 {
+		t.Fatalf("handler ran %d times, want %d", got, outageAttempts+1)
+	}
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"voipbin/pkg/amqp"
+	"voipbin/pkg/apierr"
+	"voipbin/pkg/outage"
 	"voipbin/pkg/telemetry"
 )
 
@@ -66,8 +68,9 @@ type Subscriber struct {
 	bindings map[Binding]bool
 	queue    string // the queue consumed now (server-named ones change on reconnect)
 
-	handled  *prometheus.CounterVec
-	attempts prometheus.Counter
+	handled   *prometheus.CounterVec
+	attempts  prometheus.Counter
+	transient prometheus.Counter
 }
 
 // NewSubscriber makes a subscriber; Run starts it.
@@ -93,12 +96,14 @@ func NewSubscriber(conn *amqp.Conn, log *slog.Logger, opts SubscriberOptions, h 
 			Help: "Events consumed by outcome (ok, duplicate, dead_lettered, malformed).", ConstLabels: prometheus.Labels{"queue": name}}, []string{"outcome"}),
 		attempts: prometheus.NewCounter(prometheus.CounterOpts{Name: "event_handler_failures_total",
 			Help: "Handler attempts that failed (each is retried or dead-lettered).", ConstLabels: prometheus.Labels{"queue": name}}),
+		transient: prometheus.NewCounter(prometheus.CounterOpts{Name: "event_handler_unavailable_total",
+			Help: "Handler attempts that failed because a dependency was unavailable (retried until it is back, never dead-lettered).", ConstLabels: prometheus.Labels{"queue": name}}),
 	}
 	for _, b := range opts.Bindings {
 		s.bindings[b] = true
 	}
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(s.handled, s.attempts)
+		opts.Registerer.MustRegister(s.handled, s.attempts, s.transient)
 	}
 	return s
 }
@@ -216,7 +221,13 @@ func (s *Subscriber) handle(runCtx, ctx context.Context, d amqp.Delivery) {
 			return
 		}
 		s.attempts.Inc()
-		if attempt >= s.opts.MaxAttempts {
+		// A dependency that is down (the database, another service) says nothing about the event:
+		// it is retried until the dependency is back, however long the outage, and never
+		// dead-lettered for it; only other failures count towards MaxAttempts.
+		if transient(err) {
+			s.transient.Inc()
+			attempt = min(attempt, s.opts.MaxAttempts-1)
+		} else if attempt >= s.opts.MaxAttempts {
 			break
 		}
 		s.log.WarnContext(ctx, "event handler failed, retrying", "event_type", ev.EventType, "event_id", ev.EventID, "attempt", attempt, "error", err)
@@ -229,6 +240,15 @@ func (s *Subscriber) handle(runCtx, ctx context.Context, d amqp.Delivery) {
 	}
 	s.handled.WithLabelValues("dead_lettered").Inc()
 	s.deadLetter(ctx, d, err, s.opts.MaxAttempts)
+}
+
+// transient reports whether err says a dependency is unavailable rather than the event is bad.
+func transient(err error) bool {
+	if outage.Unavailable(err) {
+		return true
+	}
+	e, ok := apierr.As(err)
+	return ok && e.Status == apierr.Unavailable
 }
 
 func retryDelay(base time.Duration, attempt int) time.Duration {
