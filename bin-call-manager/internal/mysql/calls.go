@@ -295,28 +295,9 @@ func (s *CallStore) ClaimDue(ctx context.Context, now, next time.Time, limit int
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	rows, err := tx.QueryContext(ctx, "SELECT "+columns+" FROM call_calls WHERE tm_check <= ? ORDER BY tm_check LIMIT ? FOR UPDATE SKIP LOCKED",
-		now.UTC(), limit)
-	if err != nil {
-		return nil, fmt.Errorf("claim due calls: %w", err)
-	}
-	var due []*call.Call
-	var ids []any
-	for rows.Next() {
-		c, err := scanCall(rows)
-		if err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("claim due calls: %w", err)
-		}
-		b, _ := binUUID(c.ID)
-		due, ids = append(due, c), append(ids, b)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim due calls: %w", err)
-	}
-	rows.Close()
-	if len(due) == 0 {
-		return nil, nil
+	due, ids, err := lockDue(ctx, tx, "tm_check", now, limit)
+	if err != nil || len(due) == 0 {
+		return nil, err
 	}
 	// The next check comes at next, or at the deadline if that is sooner and still ahead (a call
 	// already past it is being ended now; if that fails it is retried at next).
@@ -338,6 +319,31 @@ func (s *CallStore) ClaimDue(ctx context.Context, now, next time.Time, limit int
 	return due, nil
 }
 
+// lockDue reads and locks, in tx, up to limit calls whose time column has come, skipping rows
+// other transactions hold; it returns them and their ids as query arguments.
+func lockDue(ctx context.Context, tx *sql.Tx, column string, now time.Time, limit int) ([]*call.Call, []any, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT "+columns+" FROM call_calls WHERE "+column+" <= ? ORDER BY "+column+
+		" LIMIT ? FOR UPDATE SKIP LOCKED", now.UTC(), limit)
+	if err != nil {
+		return nil, nil, fmt.Errorf("claim calls by %s: %w", column, err)
+	}
+	defer rows.Close()
+	var due []*call.Call
+	var ids []any
+	for rows.Next() {
+		c, err := scanCall(rows)
+		if err != nil {
+			return nil, nil, fmt.Errorf("claim calls by %s: %w", column, err)
+		}
+		b, _ := binUUID(c.ID)
+		due, ids = append(due, c), append(ids, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, fmt.Errorf("claim calls by %s: %w", column, err)
+	}
+	return due, ids, nil
+}
+
 // ClaimRenewals claims live calls whose quota renewal is due, skipping rows other transactions
 // hold, and moves their renewal to lease: if this instance dies in the middle of one, another
 // takes it over then; if it finishes, it writes the next renewal itself (SetRenewal, Update).
@@ -347,28 +353,9 @@ func (s *CallStore) ClaimRenewals(ctx context.Context, now, lease time.Time, lim
 		return nil, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	rows, err := tx.QueryContext(ctx, "SELECT "+columns+" FROM call_calls WHERE tm_renew <= ? ORDER BY tm_renew LIMIT ? FOR UPDATE SKIP LOCKED",
-		now.UTC(), limit)
-	if err != nil {
-		return nil, fmt.Errorf("claim renewals: %w", err)
-	}
-	var due []*call.Call
-	var ids []any
-	for rows.Next() {
-		c, err := scanCall(rows)
-		if err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("claim renewals: %w", err)
-		}
-		b, _ := binUUID(c.ID)
-		due, ids = append(due, c), append(ids, b)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim renewals: %w", err)
-	}
-	rows.Close()
-	if len(due) == 0 {
-		return nil, nil
+	due, ids, err := lockDue(ctx, tx, "tm_renew", now, limit)
+	if err != nil || len(due) == 0 {
+		return nil, err
 	}
 	l := lease.UTC().Truncate(time.Microsecond)
 	if _, err := tx.ExecContext(ctx, "UPDATE call_calls SET tm_renew = ? WHERE id IN (?"+strings.Repeat(",?", len(ids)-1)+")",
