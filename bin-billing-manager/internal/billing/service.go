@@ -103,6 +103,19 @@ func (s *Service) OpenAccount(ctx context.Context, customerID string) (created b
 	return s.store.Create(ctx, a, entries, events)
 }
 
+// callRef checks and canonicalises the ids that name a customer's call.
+func callRef(customerID, callID string) (string, string, error) {
+	customerID, err := canonicalID("customer_id", customerID)
+	if err != nil {
+		return "", "", err
+	}
+	callID, err = canonicalID("call_id", callID)
+	if err != nil {
+		return "", "", err
+	}
+	return customerID, callID, nil
+}
+
 // GateRequest asks to let a call start.
 type GateRequest struct {
 	CustomerID      string
@@ -116,11 +129,7 @@ type GateRequest struct {
 // account's row lock, so concurrent calls cannot overdraw it. A call asked about again gets the
 // same answer. No: *InsufficientBalanceError.
 func (s *Service) Gate(ctx context.Context, req GateRequest) (Reservation, error) {
-	customerID, err := canonicalID("customer_id", req.CustomerID)
-	if err != nil {
-		return Reservation{}, err
-	}
-	callID, err := canonicalID("call_id", req.CallID)
+	customerID, callID, err := callRef(req.CustomerID, req.CallID)
 	if err != nil {
 		return Reservation{}, err
 	}
@@ -155,11 +164,7 @@ type ExtendRequest struct {
 // *InsufficientBalanceError; a call already ended: ErrReservationReleased. A retry of a request
 // already granted gets the same answer.
 func (s *Service) Extend(ctx context.Context, req ExtendRequest) (Reservation, error) {
-	customerID, err := canonicalID("customer_id", req.CustomerID)
-	if err != nil {
-		return Reservation{}, err
-	}
-	callID, err := canonicalID("call_id", req.CallID)
+	customerID, callID, err := callRef(req.CustomerID, req.CallID)
 	if err != nil {
 		return Reservation{}, err
 	}
