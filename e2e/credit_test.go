@@ -188,30 +188,11 @@ func TestBalanceNeverGoesBelowZero(t *testing.T) {
 	acc := accountOf(t, cc)
 	stop := watchBalance(t, cc)
 
-	var mu sync.Mutex
-	var placed []Call
+	placed, others := placeNeverEnding(t, cc, calls)
 	var refusals []string
-	var wg sync.WaitGroup
-	for range calls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := cc.Do("POST", "/v1.0/calls", map[string]any{
-				"source":       map[string]string{"type": "tel", "target": "+15550001111"},
-				"destinations": []map[string]string{{"type": "tel", "target": neverHangsUp}}})
-			var out struct {
-				Calls []Call `json:"calls"`
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if r.Status != 201 || json.Unmarshal(r.Body, &out) != nil || len(out.Calls) != 1 {
-				refusals = append(refusals, fmt.Sprintf("%d %s", r.Status, r.Body))
-				return
-			}
-			placed = append(placed, out.Calls[0])
-		}()
+	for _, r := range others {
+		refusals = append(refusals, fmt.Sprintf("%d %s", r.Status, r.Body))
 	}
-	wg.Wait()
 	if len(refusals) > 0 {
 		t.Errorf("%d of %d calls refused (each needs only its first 2 s slice reserved): %s", len(refusals), calls, refusals[0])
 	}
@@ -293,33 +274,15 @@ func TestMoreCallsThanTheBalanceCovers(t *testing.T) {
 	_, cc, db := creditStack(t, "30000", nil) // 30 s: fifteen 2 s slices
 	acc := accountOf(t, cc)
 	stop := watchBalance(t, cc)
-	var mu sync.Mutex
-	var placed []Call
+	placed, others := placeNeverEnding(t, cc, calls)
 	refused := 0
-	var wg sync.WaitGroup
-	for range calls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := cc.Do("POST", "/v1.0/calls", map[string]any{
-				"source":       map[string]string{"type": "tel", "target": "+15550001111"},
-				"destinations": []map[string]string{{"type": "tel", "target": neverHangsUp}}})
-			var out struct {
-				Calls []Call `json:"calls"`
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case r.Status == 402:
-				refused++
-			case r.Status == 201 && json.Unmarshal(r.Body, &out) == nil && len(out.Calls) == 1:
-				placed = append(placed, out.Calls[0])
-			default:
-				t.Errorf("POST /v1.0/calls = %d %s", r.Status, r.Body)
-			}
-		}()
+	for _, r := range others {
+		if r.Status == 402 {
+			refused++
+		} else {
+			t.Errorf("POST /v1.0/calls = %d %s", r.Status, r.Body)
+		}
 	}
-	wg.Wait()
 	if len(placed) != 15 || refused != 5 {
 		t.Fatalf("%d calls admitted, %d refused; want 15 and 5", len(placed), refused)
 	}
@@ -434,4 +397,33 @@ func TestQuotaWhenCallManagerDies(t *testing.T) {
 			t.Fatalf("call = %s, quota %d, ended %s after its last slice; want 10 s granted and used", final, f.quota, f.overrun())
 		}
 	})
+}
+
+// placeNeverEnding places n calls to a number that never hangs up, all at once, and returns the
+// calls placed and the answers that placed none.
+func placeNeverEnding(t *testing.T, cc *Client, n int) (placed []Call, others []Response) {
+	t.Helper()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := cc.Do("POST", "/v1.0/calls", map[string]any{
+				"source":       map[string]string{"type": "tel", "target": "+15550001111"},
+				"destinations": []map[string]string{{"type": "tel", "target": neverHangsUp}}})
+			var out struct {
+				Calls []Call `json:"calls"`
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if r.Status == 201 && json.Unmarshal(r.Body, &out) == nil && len(out.Calls) == 1 {
+				placed = append(placed, out.Calls[0])
+				return
+			}
+			others = append(others, r)
+		}()
+	}
+	wg.Wait()
+	return placed, others
 }
